@@ -1,0 +1,84 @@
+//! The command line: one module per subcommand. `main` maps outcomes to exit codes
+//! (0 success, 1 the input was rejected, 2 usage or I/O error), as product.md section 5 says.
+
+pub mod check;
+pub mod explain;
+pub mod replay;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tern: complex event processing and rules for IoT.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse, type-check and compile rule files against the device profiles.
+    Check(check::CheckArgs),
+    /// Evaluate rules over recorded events in event time; alerts as JSONL on stdout.
+    Replay(replay::ReplayArgs),
+    /// Print a rule's compiled NFA as text or Graphviz DOT.
+    Explain(explain::ExplainArgs),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was fine.
+    Ok,
+    /// The input was rejected (diagnostics, failing tests).
+    Rejected,
+    /// Bad usage or an I/O error.
+    Failed,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        match o {
+            Outcome::Ok => ExitCode::SUCCESS,
+            Outcome::Rejected => ExitCode::from(1),
+            Outcome::Failed => ExitCode::from(2),
+        }
+    }
+}
+
+/// Entry point of the `tern` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    run(cli).into()
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Outcome {
+    let result = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Explain(args) => explain::run(args),
+    };
+    match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Outcome::Failed
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `tern replay`: evaluates rules over recorded events in event time; alerts as JSONL.
+
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use super::Outcome;
+use super::check::sink_names;
+use crate::compile;
+use crate::engine::Engine;
+use crate::engine::alert::Alert;
+use crate::io::input::{self, BadLine, Record};
+use crate::lang::render;
+
+/// Input format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// JSON Lines of events (`$stream` picks the stream) and `$watermark` lines.
+    Jsonl,
+    /// JSON Lines of MQTT captures (`{"topic", "payload"}`), decoded by the device profiles.
+    Capture,
+    /// CSV with a header row naming the stream's fields.
+    Csv,
+}
+
+/// Arguments of `tern replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Rule files or directories.
+    #[arg(long, num_args = 1.., default_values_t = [String::from("rules")])]
+    pub rules: Vec<String>,
+    /// The recorded input; `-` reads stdin.
+    #[arg(long)]
+    pub input: String,
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = InputFormat::Jsonl)]
+    pub format: InputFormat,
+    /// Stream of events without `$stream` (default: the only stream the rules read).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Directory of device profiles.
+    #[arg(long, default_value = "devices")]
+    pub devices: PathBuf,
+    /// tern.toml naming the sinks rules may use.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Stop time at the latest event instead of advancing it to the end.
+    #[arg(long)]
+    pub no_flush: bool,
+    /// Print events, alerts, late events, events/s and peak state on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Write rejected and late lines here as JSONL with their reason.
+    #[arg(long)]
+    pub dead_letter: Option<PathBuf>,
+    /// Leave `emitted_at` out, so outputs compare byte for byte.
+    #[arg(long)]
+    pub no_emitted_at: bool,
+}
+
+/// Runs `tern replay`.
+pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
+    let sinks = sink_names(args.config.as_deref())?;
+    let devices = args.devices.is_dir().then_some(args.devices.as_path());
+    let paths: Vec<PathBuf> = args.rules.iter().map(PathBuf::from).collect();
+    let loaded = compile::load(&paths, devices, &sinks)?;
+    if loaded.has_errors() {
+        render::to_stderr(
+            &loaded.sources,
+            &loaded.diagnostics,
+            std::io::stderr().is_terminal(),
+        );
+        return Ok(Outcome::Rejected);
+    }
+    let program = Arc::new(loaded.program);
+    let mut engine = Engine::new(Arc::clone(&program))?;
+    let default_stream = match &args.stream {
+        Some(name) => Some(
+            program
+                .stream_id(name)
+                .with_context(|| format!("unknown stream `{name}`"))?,
+        ),
+        None => {
+            let mut used: Vec<_> = program
+                .rules
+                .iter()
+                .flat_map(|r| r.streams.iter().copied())
+                .collect();
+            used.extend(program.aggregates.iter().map(|a| a.source));
+            // Aggregate outputs are derived, never read from input.
+            used.retain(|s| !program.aggregates.iter().any(|a| a.output == *s));
+            used.sort();
+            used.dedup();
+            if used.len() == 1 {
+                used.first().copied()
+            } else {
+                None
+            }
+        }
+    };
+    let profiles = if args.format == InputFormat::Capture {
+        let mut sources = crate::lang::source::Sources::new();
+        let (profiles, _) = devices.map_or((Vec::new(), Vec::new()), |d| {
+            crate::devices::load_dir(d, &mut sources)
+        });
+        profiles
+    } else {
+        Vec::new()
+    };
+
+    let reader: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot open {}", args.input))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut dead: Option<BufWriter<std::fs::File>> = match &args.dead_letter {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut write_error: Option<std::io::Error> = None;
+    let stamp = !args.no_emitted_at;
+    let mut emit = |a: Alert| {
+        let emitted = stamp.then(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        if let Err(e) = writeln!(out, "{}", a.to_json(emitted)) {
+            write_error.get_or_insert(e);
+        }
+    };
+    let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut reported = std::collections::HashSet::new();
+    let mut reject = |line_no: u64,
+                      line: &str,
+                      err: &dyn std::fmt::Display,
+                      reason: &'static str| {
+        *rejected.entry(reason).or_default() += 1;
+        if reported.insert(reason) {
+            eprintln!(
+                "warning: line {line_no}: {err} (further `{reason}` lines are counted, not shown)"
+            );
+        }
+        if let Some(d) = dead.as_mut() {
+            let rec = serde_json::json!({"line": line_no, "reason": reason, "error": err.to_string(), "input": line});
+            let _ = writeln!(d, "{rec}");
+        }
+    };
+    let started = Instant::now();
+    let json_reader = input::JsonReader::new(&program, default_stream);
+    let mut feed = |line_no: u64,
+                    line: &str,
+                    rec: Result<Record, BadLine>,
+                    engine: &mut Engine,
+                    emit: &mut dyn FnMut(Alert)| {
+        match rec {
+            Ok(Record::Event(ev)) => {
+                if let Err(late) = engine.push(ev, emit) {
+                    reject(line_no, line, &late, "late");
+                }
+            }
+            Ok(Record::Watermark(t)) => engine.set_watermark(t, emit),
+            Err(e) => reject(line_no, line, &e, e.reason()),
+        }
+    };
+    match args.format {
+        InputFormat::Csv => {
+            let stream = default_stream
+                .context("CSV input needs --stream when the rules read several streams")?;
+            for (line_no, rec) in input::csv_records(&program, stream, reader) {
+                feed(line_no, "", rec, &mut engine, &mut emit);
+            }
+        }
+        InputFormat::Jsonl | InputFormat::Capture => {
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.context("cannot read input")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let rec = if args.format == InputFormat::Capture {
+                    input::capture(&program, &profiles, &line)
+                } else {
+                    json_reader.line(&line)
+                };
+                feed(i as u64 + 1, &line, rec, &mut engine, &mut emit);
+            }
+        }
+    }
+    if !args.no_flush {
+        engine.flush(&mut emit);
+    }
+    out.flush()?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write alerts");
+    }
+    if let Some(d) = dead.as_mut() {
+        d.flush()?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if args.stats {
+        let s = engine.stats();
+        let rate = if elapsed > 0.0 {
+            s.events as f64 / elapsed
+        } else {
+            0.0
+        };
+        eprintln!("events        {}", s.events);
+        eprintln!("alerts        {}", s.alerts);
+        eprintln!("late          {}", s.late);
+        for (reason, n) in &rejected {
+            if *reason != "late" {
+                eprintln!("rejected      {n} ({reason})");
+            }
+        }
+        eprintln!("elapsed       {elapsed:.3} s");
+        eprintln!("events/s      {rate:.0}");
+        eprintln!("peak partial  {}", s.peak_runs);
+        if let Some(rss) = peak_rss_kib() {
+            eprintln!("peak RSS      {:.1} MiB", rss as f64 / 1024.0);
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,148 @@
+//! The shared match buffer of one key: matched events as a forest of back-linked entries.
+//!
+//! Runs that branch from a common prefix share its entries (as SASE+ and FlinkCEP's shared
+//! buffer do), so a loop over n events stores n entries however many runs extend it. Entries
+//! are reference-counted by the runs and entries that point at them, and their slots reused.
+
+use std::sync::Arc;
+
+use crate::compile::hir::VarId;
+use crate::event::Event;
+
+/// "No entry": the end of a chain.
+pub const NIL: u32 = u32::MAX;
+
+/// One matched event in one position of a run.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The event (shared with every rule and key that holds it).
+    pub event: Arc<Event>,
+    /// The key's sequence number of the event.
+    pub seq: u64,
+    /// The step variable the event was taken by.
+    pub var: VarId,
+    /// The entry taken before this one in the same run, or `NIL`.
+    pub prev: u32,
+    refs: u32,
+}
+
+/// All entries of one key.
+#[derive(Debug, Default, Clone)]
+pub struct Buffer {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+}
+
+impl Buffer {
+    /// Adds an entry after `prev` (taking a reference on it); the new entry starts with one
+    /// reference, owned by the caller.
+    pub fn push(&mut self, event: Arc<Event>, seq: u64, var: VarId, prev: u32) -> u32 {
+        if prev != NIL {
+            self.retain(prev);
+        }
+        let entry = Entry {
+            event,
+            seq,
+            var,
+            prev,
+            refs: 1,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Takes another reference on an entry.
+    pub fn retain(&mut self, idx: u32) {
+        if idx != NIL {
+            self.entries[idx as usize].refs += 1;
+        }
+    }
+
+    /// Drops a reference; frees the entry (and, in turn, its predecessors) at zero.
+    pub fn release(&mut self, mut idx: u32) {
+        while idx != NIL {
+            let e = &mut self.entries[idx as usize];
+            e.refs -= 1;
+            if e.refs > 0 {
+                return;
+            }
+            let prev = e.prev;
+            self.free.push(idx);
+            idx = prev;
+        }
+        if self.free.len() == self.entries.len() {
+            // Nothing live: give the memory back, so an idle key costs nothing.
+            self.entries = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
+    /// The entry at `idx`.
+    pub fn entry(&self, idx: u32) -> &Entry {
+        &self.entries[idx as usize]
+    }
+
+    /// The chain ending at `tail`, oldest first.
+    pub fn chain(&self, mut tail: u32) -> Vec<&Entry> {
+        let mut out = Vec::new();
+        while tail != NIL {
+            let e = self.entry(tail);
+            out.push(e);
+            tail = e.prev;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Live entries.
+    pub fn live(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    /// Bytes held (approximate: entries and their slot vectors, not the shared events).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.free.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn ev(t: i64) -> Arc<Event> {
+        Arc::new(Event {
+            stream: 0,
+            time: t,
+            fields: Box::new([]),
+        })
+    }
+
+    #[test]
+    fn branches_share_their_prefix_and_free_it_last() {
+        let mut b = Buffer::default();
+        let a = b.push(ev(1), 1, VarId(0), NIL);
+        let x = b.push(ev(2), 2, VarId(1), a);
+        let y = b.push(ev(3), 3, VarId(1), a);
+        assert_eq!(b.live(), 3);
+        b.release(a); // the run that stayed at `a` ends
+        assert_eq!(b.live(), 3, "a is still shared by two branches");
+        b.release(x);
+        assert_eq!(b.live(), 2);
+        assert_eq!(
+            b.chain(y).iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        b.release(y);
+        assert_eq!(b.live(), 0);
+        assert_eq!(b.heap_bytes(), 0, "an empty buffer holds no memory");
+    }
+}

@@ -1,0 +1,445 @@
+//! Evaluates typed expressions against a candidate event and a run's matched events.
+//!
+//! Names were resolved to indices at compile time, so evaluation reads fields by position and
+//! walks the run's shared buffer chain for earlier steps; nothing is looked up by name and
+//! nothing is allocated except for string results.
+
+use std::sync::Arc;
+
+use chrono::{Datelike, Timelike};
+
+use crate::compile::hir::{AggFunc, Builtin, TExpr, TExprKind, VarId};
+use crate::event::{Event, Value};
+use crate::lang::ast::BinaryOp;
+
+use super::buffer::{Buffer, NIL};
+
+/// What an expression can see.
+pub struct Ctx<'a> {
+    /// The candidate event (conditions) or `None` (emit clauses).
+    pub candidate: Option<&'a Event>,
+    /// The shared buffer holding the run's events.
+    pub buffer: &'a Buffer,
+    /// The run's last matched entry (`NIL` when it has none).
+    pub tail: u32,
+    /// The match key as a value.
+    pub key: &'a Value,
+    /// Window accumulators (aggregate streams' select).
+    pub accumulated: &'a [Value],
+    /// Window key values (aggregate streams' select).
+    pub key_fields: &'a [Value],
+}
+
+/// Evaluates a condition: true only for `Bool(true)` (null and errors are false).
+pub fn test(e: &TExpr, ctx: &Ctx<'_>) -> bool {
+    matches!(eval(e, ctx), Value::Bool(true))
+}
+
+/// Evaluates an expression.
+pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
+    match &e.kind {
+        TExprKind::Const(v) => v.clone(),
+        TExprKind::Field(i) => ctx
+            .candidate
+            .and_then(|ev| ev.fields.get(*i as usize))
+            .cloned()
+            .unwrap_or(Value::Null),
+        TExprKind::VarField { var, field } => {
+            let mut cur = ctx.tail;
+            while cur != NIL {
+                let entry = ctx.buffer.entry(cur);
+                if entry.var == *var {
+                    return entry
+                        .event
+                        .fields
+                        .get(*field as usize)
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                }
+                cur = entry.prev;
+            }
+            Value::Null
+        }
+        TExprKind::VarAgg {
+            func,
+            var,
+            field,
+            nth,
+        } => aggregate(*func, *var, *field, *nth, ctx),
+        TExprKind::Accumulated(i) => ctx
+            .accumulated
+            .get(*i as usize)
+            .cloned()
+            .unwrap_or(Value::Null),
+        TExprKind::Key => ctx.key.clone(),
+        TExprKind::KeyField(i) => ctx
+            .key_fields
+            .get(*i as usize)
+            .cloned()
+            .unwrap_or(Value::Null),
+        TExprKind::Not(x) => match eval(x, ctx) {
+            Value::Bool(b) => Value::Bool(!b),
+            _ => Value::Null,
+        },
+        TExprKind::Neg(x) => match eval(x, ctx) {
+            Value::Int(i) => Value::Int(i.wrapping_neg()),
+            Value::Float(f) => Value::Float(-f),
+            Value::Duration(d) => Value::Duration(d.wrapping_neg()),
+            _ => Value::Null,
+        },
+        TExprKind::IsNull { negated, operand } => {
+            let null = eval(operand, ctx).is_null();
+            Value::Bool(null != *negated)
+        }
+        TExprKind::Binary { op, lhs, rhs } => binary(*op, lhs, rhs, ctx),
+        TExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            if test(cond, ctx) {
+                eval(then, ctx)
+            } else {
+                eval(otherwise, ctx)
+            }
+        }
+        TExprKind::Call { func, args } => call(*func, args, ctx),
+        // User functions are bound by the engine when rhai support lands (issue: authoring);
+        // until then a call evaluates to null, so its condition is false.
+        TExprKind::User { .. } => Value::Null,
+    }
+}
+
+fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
+    use BinaryOp::*;
+    match op {
+        And => {
+            // Short-circuit: a false left side decides.
+            match eval(lhs, ctx) {
+                Value::Bool(false) => Value::Bool(false),
+                l => match (l, eval(rhs, ctx)) {
+                    (Value::Bool(true), Value::Bool(b)) => Value::Bool(b),
+                    (_, Value::Bool(false)) => Value::Bool(false),
+                    _ => Value::Null,
+                },
+            }
+        }
+        Or => match eval(lhs, ctx) {
+            Value::Bool(true) => Value::Bool(true),
+            l => match (l, eval(rhs, ctx)) {
+                (_, Value::Bool(true)) => Value::Bool(true),
+                (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
+                _ => Value::Null,
+            },
+        },
+        Coalesce => match eval(lhs, ctx) {
+            Value::Null => eval(rhs, ctx),
+            v => v,
+        },
+        Eq | Ne | Lt | Le | Gt | Ge => {
+            let l = eval(lhs, ctx);
+            let r = eval(rhs, ctx);
+            match compare(&l, &r) {
+                None => Value::Bool(false),
+                Some(ord) => Value::Bool(match op {
+                    Eq => ord.is_eq(),
+                    Ne => !ord.is_eq(),
+                    Lt => ord.is_lt(),
+                    Le => ord.is_le(),
+                    Gt => ord.is_gt(),
+                    _ => ord.is_ge(),
+                }),
+            }
+        }
+        Add | Sub | Mul | Div | Rem => arith(op, eval(lhs, ctx), eval(rhs, ctx)),
+    }
+}
+
+/// Orders two values of comparable types; `None` when either is null or they don't compare.
+pub fn compare(l: &Value, r: &Value) -> Option<std::cmp::Ordering> {
+    match (l, r) {
+        (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            l.as_f64()?.partial_cmp(&r.as_f64()?)
+        }
+        (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
+        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+        (Value::Timestamp(a), Value::Timestamp(b)) | (Value::Duration(a), Value::Duration(b)) => {
+            Some(a.cmp(b))
+        }
+        _ => None,
+    }
+}
+
+fn arith(op: BinaryOp, l: Value, r: Value) -> Value {
+    use BinaryOp::*;
+    use Value::*;
+    match (op, l, r) {
+        (_, Null, _) | (_, _, Null) => Null,
+        (Add, Int(a), Int(b)) => a.checked_add(b).map_or(Null, Int),
+        (Sub, Int(a), Int(b)) => a.checked_sub(b).map_or(Null, Int),
+        (Mul, Int(a), Int(b)) => a.checked_mul(b).map_or(Null, Int),
+        (Rem, Int(a), Int(b)) => a.checked_rem(b).map_or(Null, Int),
+        (Div, a @ (Int(_) | Float(_)), b @ (Int(_) | Float(_))) => {
+            float(a.as_f64().unwrap_or(f64::NAN) / b.as_f64().unwrap_or(f64::NAN))
+        }
+        (op, a @ (Int(_) | Float(_)), b @ (Int(_) | Float(_))) => {
+            let (x, y) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
+            float(match op {
+                Add => x + y,
+                Sub => x - y,
+                Mul => x * y,
+                Rem => x % y,
+                _ => f64::NAN,
+            })
+        }
+        (Add, Timestamp(t), Duration(d)) | (Add, Duration(d), Timestamp(t)) => {
+            t.checked_add(d).map_or(Null, Timestamp)
+        }
+        (Sub, Timestamp(t), Duration(d)) => t.checked_sub(d).map_or(Null, Timestamp),
+        (Sub, Timestamp(a), Timestamp(b)) => a.checked_sub(b).map_or(Null, Duration),
+        (Add, Duration(a), Duration(b)) => a.checked_add(b).map_or(Null, Duration),
+        (Sub, Duration(a), Duration(b)) => a.checked_sub(b).map_or(Null, Duration),
+        (Mul, Duration(d), n @ (Int(_) | Float(_)))
+        | (Mul, n @ (Int(_) | Float(_)), Duration(d)) => {
+            duration_f(d as f64 * n.as_f64().unwrap_or(f64::NAN))
+        }
+        (Div, Duration(d), n @ (Int(_) | Float(_))) => {
+            duration_f(d as f64 / n.as_f64().unwrap_or(f64::NAN))
+        }
+        (Div, Duration(a), Duration(b)) => float(a as f64 / b as f64),
+        (Add, Str(a), Str(b)) => {
+            let mut s = String::with_capacity(a.len() + b.len());
+            s.push_str(&a);
+            s.push_str(&b);
+            Str(Arc::from(s))
+        }
+        _ => Null,
+    }
+}
+
+/// Division by zero and overflow give null rather than NaN or infinity.
+fn float(f: f64) -> Value {
+    if f.is_finite() {
+        Value::Float(f)
+    } else {
+        Value::Null
+    }
+}
+
+fn duration_f(f: f64) -> Value {
+    if f.is_finite() && f.abs() < i64::MAX as f64 {
+        Value::Duration(f as i64)
+    } else {
+        Value::Null
+    }
+}
+
+fn aggregate(func: AggFunc, var: VarId, field: Option<u16>, nth: u32, ctx: &Ctx<'_>) -> Value {
+    // The chain runs from the newest entry to the oldest.
+    let values = ChainIter {
+        buffer: ctx.buffer,
+        cur: ctx.tail,
+        var,
+    }
+    .map(|ev| match field {
+        Some(f) => ev.fields.get(f as usize).cloned().unwrap_or(Value::Null),
+        None => Value::Bool(true),
+    });
+    match func {
+        AggFunc::Count => Value::Int(values.count() as i64),
+        AggFunc::Last => values.into_iter().next().unwrap_or(Value::Null),
+        AggFunc::Prev => values
+            .into_iter()
+            .nth(nth.saturating_sub(1) as usize)
+            .unwrap_or(Value::Null),
+        AggFunc::First => values.last().unwrap_or(Value::Null),
+        AggFunc::Sum | AggFunc::Avg => {
+            let mut n = 0usize;
+            let mut int_sum: i64 = 0;
+            let mut f_sum = 0.0;
+            let mut all_int = true;
+            let mut dur = false;
+            for v in values {
+                match v {
+                    Value::Int(i) => {
+                        int_sum = int_sum.wrapping_add(i);
+                        f_sum += i as f64;
+                    }
+                    Value::Float(f) => {
+                        all_int = false;
+                        f_sum += f;
+                    }
+                    Value::Duration(d) => {
+                        dur = true;
+                        int_sum = int_sum.wrapping_add(d);
+                        f_sum += d as f64;
+                    }
+                    _ => continue,
+                }
+                n += 1;
+            }
+            if n == 0 {
+                return Value::Null;
+            }
+            match (func, dur, all_int) {
+                (AggFunc::Sum, true, _) => Value::Duration(int_sum),
+                (AggFunc::Sum, false, true) => Value::Int(int_sum),
+                (AggFunc::Sum, false, false) => float(f_sum),
+                (_, true, _) => Value::Duration((f_sum / n as f64) as i64),
+                _ => float(f_sum / n as f64),
+            }
+        }
+        AggFunc::Min | AggFunc::Max => {
+            let mut best: Option<Value> = None;
+            for v in values {
+                if v.is_null() {
+                    continue;
+                }
+                best = match best {
+                    None => Some(v),
+                    Some(b) => {
+                        let keep_new = match compare(&v, &b) {
+                            Some(o) => {
+                                (func == AggFunc::Min && o.is_lt())
+                                    || (func == AggFunc::Max && o.is_gt())
+                            }
+                            None => false,
+                        };
+                        Some(if keep_new { v } else { b })
+                    }
+                };
+            }
+            best.unwrap_or(Value::Null)
+        }
+    }
+}
+
+/// A variable's events in a run, newest first.
+struct ChainIter<'a> {
+    buffer: &'a Buffer,
+    cur: u32,
+    var: VarId,
+}
+
+impl<'a> Iterator for ChainIter<'a> {
+    type Item = &'a Event;
+    fn next(&mut self) -> Option<&'a Event> {
+        while self.cur != NIL {
+            let entry = self.buffer.entry(self.cur);
+            self.cur = entry.prev;
+            if entry.var == self.var {
+                return Some(&entry.event);
+            }
+        }
+        None
+    }
+}
+
+fn call(func: Builtin, args: &[TExpr], ctx: &Ctx<'_>) -> Value {
+    use Builtin::*;
+    let arg = |i: usize| args.get(i).map_or(Value::Null, |a| eval(a, ctx));
+    let a = arg(0);
+    match func {
+        Len => match a {
+            Value::Str(s) => Value::Int(s.chars().count() as i64),
+            _ => Value::Null,
+        },
+        Lower => match a {
+            Value::Str(s) => Value::Str(s.to_lowercase().into()),
+            _ => Value::Null,
+        },
+        Upper => match a {
+            Value::Str(s) => Value::Str(s.to_uppercase().into()),
+            _ => Value::Null,
+        },
+        Contains | StartsWith | EndsWith => match (a, arg(1)) {
+            (Value::Str(s), Value::Str(p)) => Value::Bool(match func {
+                Contains => s.contains(&*p),
+                StartsWith => s.starts_with(&*p),
+                _ => s.ends_with(&*p),
+            }),
+            _ => Value::Null,
+        },
+        Abs => match a {
+            Value::Int(i) => i.checked_abs().map_or(Value::Null, Value::Int),
+            Value::Float(f) => Value::Float(f.abs()),
+            _ => Value::Null,
+        },
+        Round | Floor | Ceil => match a {
+            Value::Int(i) => Value::Int(i),
+            Value::Float(f) => {
+                let r = match func {
+                    Round => f.round(),
+                    Floor => f.floor(),
+                    _ => f.ceil(),
+                };
+                if r.is_finite() && r.abs() < i64::MAX as f64 {
+                    Value::Int(r as i64)
+                } else {
+                    Value::Null
+                }
+            }
+            _ => Value::Null,
+        },
+        Sqrt => a.as_f64().map_or(Value::Null, |f| float(f.sqrt())),
+        Min2 | Max2 => {
+            let b = arg(1);
+            match compare(&a, &b) {
+                Some(o) => {
+                    let take_a = if func == Min2 { o.is_le() } else { o.is_ge() };
+                    let v = if take_a { a } else { b };
+                    // Mixed int/float compare as floats and return a float.
+                    match v {
+                        Value::Int(i)
+                            if args.iter().any(|x| x.ty == crate::compile::hir::Ty::Float) =>
+                        {
+                            Value::Float(i as f64)
+                        }
+                        v => v,
+                    }
+                }
+                None => Value::Null,
+            }
+        }
+        ToFloat => match a {
+            Value::Int(i) => Value::Float(i as f64),
+            Value::Float(f) => Value::Float(f),
+            Value::Bool(b) => Value::Float(if b { 1.0 } else { 0.0 }),
+            Value::Str(s) => s.trim().parse::<f64>().ok().map_or(Value::Null, float),
+            _ => Value::Null,
+        },
+        ToInt => match a {
+            Value::Int(i) => Value::Int(i),
+            Value::Float(f) if f.is_finite() && f.abs() < i64::MAX as f64 => {
+                Value::Int(f.trunc() as i64)
+            }
+            Value::Bool(b) => Value::Int(i64::from(b)),
+            Value::Str(s) => s.trim().parse::<i64>().map_or(Value::Null, Value::Int),
+            _ => Value::Null,
+        },
+        ToString => match a {
+            Value::Null => Value::Null,
+            Value::Str(s) => Value::Str(s),
+            v => Value::Str(super::alert::display_value(&v).into()),
+        },
+        Hour | Minute | Weekday => match a {
+            Value::Timestamp(ns) => {
+                let t = chrono::DateTime::from_timestamp_nanos(ns);
+                Value::Int(match func {
+                    Hour => i64::from(t.hour()),
+                    Minute => i64::from(t.minute()),
+                    _ => i64::from(t.weekday().number_from_monday()),
+                })
+            }
+            _ => Value::Null,
+        },
+        Seconds => match a {
+            Value::Duration(d) => Value::Float(d as f64 / 1e9),
+            _ => Value::Null,
+        },
+    }
+}

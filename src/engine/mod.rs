@@ -1,0 +1,478 @@
+//! Per-key evaluation in event time.
+//!
+//! The [`Engine`] owns the compiled rules and their per-key states. Events go into a reorder
+//! buffer and come out in (time, arrival) order once the watermark passes them; timers
+//! (whole-match bounds, step bounds, absences, window ends) fire in deadline order between
+//! them, before any event at the same time (docs/semantics.md §2). The engine never reads the
+//! clock: time comes from events, watermarks and whoever drives [`Engine::advance_to`].
+
+pub mod alert;
+pub mod buffer;
+pub mod eval;
+pub mod key;
+pub mod run;
+pub mod window;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use crate::compile::hir::{Program, StreamId};
+use crate::compile::nfa::{self, CompileError, Nfa};
+use crate::event::{Event, Nanos, Value};
+
+use alert::Alert;
+use key::KeyVal;
+use run::{Found, KeyState, Scratch};
+use window::AggRuntime;
+
+/// An event that arrived behind its stream's watermark.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("late event: time {time} is not after the watermark {watermark} of stream `{stream}`")]
+pub struct Late {
+    /// Stream name.
+    pub stream: String,
+    /// The event's time.
+    pub time: Nanos,
+    /// The watermark it was behind.
+    pub watermark: Nanos,
+}
+
+/// Counters for `--stats` and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Events accepted.
+    pub events: u64,
+    /// Events rejected as late.
+    pub late: u64,
+    /// Alerts emitted.
+    pub alerts: u64,
+    /// Partial matches alive now.
+    pub runs: u64,
+    /// Most partial matches alive at once.
+    pub peak_runs: u64,
+    /// Keys holding state now (over all rules).
+    pub keys: u64,
+}
+
+struct RuleRuntime {
+    nfa: Nfa,
+    /// Key field indices per input stream.
+    key_fields: HashMap<StreamId, Vec<u16>>,
+    keys: HashMap<KeyVal, Slot>,
+    timers: BinaryHeap<Reverse<(Nanos, KeyVal)>>,
+}
+
+struct Slot {
+    state: KeyState,
+    scheduled: Option<Nanos>,
+}
+
+#[derive(Clone, Copy)]
+enum Consumer {
+    Rule(usize),
+    Aggregate(usize),
+}
+
+struct Buffered {
+    time: Nanos,
+    arrival: u64,
+    event: Arc<Event>,
+}
+
+impl PartialEq for Buffered {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.arrival) == (o.time, o.arrival)
+    }
+}
+impl Eq for Buffered {}
+impl PartialOrd for Buffered {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Buffered {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.time, self.arrival).cmp(&(o.time, o.arrival))
+    }
+}
+
+/// The pattern engine for one loaded program.
+pub struct Engine {
+    program: Arc<Program>,
+    rules: Vec<RuleRuntime>,
+    aggregates: Vec<AggRuntime>,
+    consumers: Vec<Vec<Consumer>>,
+    /// Largest event time seen per stream (`None` before the first event).
+    max_seen: Vec<Option<Nanos>>,
+    /// Explicit watermark (replay `$watermark` lines).
+    forced: Nanos,
+    /// Time up to which everything has been released.
+    now: Nanos,
+    reorder: BinaryHeap<Reverse<Buffered>>,
+    arrival: u64,
+    scratch: Scratch,
+    found: Vec<Found>,
+    stats: Stats,
+}
+
+impl Engine {
+    /// Compiles every rule of the program.
+    pub fn new(program: Arc<Program>) -> Result<Engine, CompileError> {
+        let mut rules = Vec::new();
+        let mut consumers = vec![Vec::new(); program.streams.len()];
+        for (i, agg) in program.aggregates.iter().enumerate() {
+            if let Some(c) = consumers.get_mut(agg.source.0 as usize) {
+                c.push(Consumer::Aggregate(i));
+            }
+        }
+        for (i, rule) in program.rules.iter().enumerate() {
+            let nfa = nfa::compile(Arc::clone(rule))?;
+            let mut key_fields = HashMap::new();
+            for (s, stream) in rule.streams.iter().enumerate() {
+                key_fields.insert(*stream, rule.key.get(s).cloned().unwrap_or_default());
+                if let Some(c) = consumers.get_mut(stream.0 as usize) {
+                    c.push(Consumer::Rule(i));
+                }
+            }
+            rules.push(RuleRuntime {
+                nfa,
+                key_fields,
+                keys: HashMap::new(),
+                timers: BinaryHeap::new(),
+            });
+        }
+        let aggregates = program
+            .aggregates
+            .iter()
+            .map(|a| AggRuntime::new(a.clone()))
+            .collect();
+        Ok(Engine {
+            max_seen: vec![None; program.streams.len()],
+            program,
+            rules,
+            aggregates,
+            consumers,
+            forced: Nanos::MIN,
+            now: Nanos::MIN,
+            reorder: BinaryHeap::new(),
+            arrival: 0,
+            scratch: Scratch::default(),
+            found: Vec::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The program being run.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The compiled NFA of a rule.
+    pub fn nfa(&self, rule: &str) -> Option<&Nfa> {
+        self.rules
+            .iter()
+            .map(|r| &r.nfa)
+            .find(|n| n.rule.name == rule)
+    }
+
+    /// A stream's watermark: newest time seen minus its lateness minus 1 ns, or the explicit
+    /// watermark if that is later.
+    pub fn watermark(&self, stream: StreamId) -> Nanos {
+        let own = match self.max_seen.get(stream.0 as usize).copied().flatten() {
+            Some(max) => {
+                let lateness = self.program.stream(stream).lateness;
+                max.saturating_sub(lateness).saturating_sub(1)
+            }
+            None => Nanos::MIN,
+        };
+        own.max(self.forced).max(self.now)
+    }
+
+    /// The time up to which every stream with data has its events: the minimum of their
+    /// watermarks.
+    fn global_watermark(&self) -> Nanos {
+        let mut wm: Option<Nanos> = None;
+        for (i, seen) in self.max_seen.iter().enumerate() {
+            if seen.is_some() {
+                let w = self.watermark(StreamId(i as u32));
+                wm = Some(wm.map_or(w, |x| x.min(w)));
+            }
+        }
+        wm.unwrap_or(Nanos::MIN).max(self.forced)
+    }
+
+    /// Accepts an event; alerts that become due are passed to `out`.
+    pub fn push(&mut self, event: Event, out: &mut dyn FnMut(Alert)) -> Result<(), Late> {
+        let stream = StreamId(event.stream);
+        let watermark = self.watermark(stream);
+        if event.time <= watermark {
+            self.stats.late += 1;
+            return Err(Late {
+                stream: self.program.stream(stream).name.clone(),
+                time: event.time,
+                watermark,
+            });
+        }
+        self.stats.events += 1;
+        if let Some(seen) = self.max_seen.get_mut(event.stream as usize) {
+            *seen = Some(seen.map_or(event.time, |m| m.max(event.time)));
+        }
+        self.arrival += 1;
+        self.reorder.push(Reverse(Buffered {
+            time: event.time,
+            arrival: self.arrival,
+            event: Arc::new(event),
+        }));
+        let wm = self.global_watermark();
+        self.release(wm, out);
+        Ok(())
+    }
+
+    /// Sets an explicit watermark for every stream (replay `$watermark` lines).
+    pub fn set_watermark(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) {
+        self.forced = self.forced.max(time);
+        let wm = self.global_watermark();
+        self.release(wm, out);
+    }
+
+    /// Advances time to `time`: releases buffered events up to it and fires due timers.
+    pub fn advance_to(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) {
+        self.forced = self.forced.max(time);
+        self.release(time, out);
+    }
+
+    /// End of input: releases everything and advances time to the end, so pending absences
+    /// and timeouts fire.
+    pub fn flush(&mut self, out: &mut dyn FnMut(Alert)) {
+        self.advance_to(Nanos::MAX, out);
+    }
+
+    /// Releases buffered events with time `<= up_to` in order, firing timers between them.
+    fn release(&mut self, up_to: Nanos, out: &mut dyn FnMut(Alert)) {
+        loop {
+            let next_event = self
+                .reorder
+                .peek()
+                .map(|Reverse(b)| b.time)
+                .filter(|t| *t <= up_to);
+            let next_timer = self.next_timer().filter(|t| *t <= up_to);
+            match (next_timer, next_event) {
+                (Some(t), Some(e)) if t <= e => self.fire_timers(t, out),
+                (Some(t), None) => self.fire_timers(t, out),
+                (_, Some(_)) => {
+                    if let Some(Reverse(b)) = self.reorder.pop() {
+                        self.now = self.now.max(b.time.saturating_sub(1));
+                        self.process(b.event, out);
+                    }
+                }
+                (None, None) => break,
+            }
+        }
+        self.now = self.now.max(up_to);
+    }
+
+    fn next_timer(&self) -> Option<Nanos> {
+        let rules = self
+            .rules
+            .iter()
+            .filter_map(|r| r.timers.peek().map(|Reverse((t, _))| *t));
+        let aggs = self.aggregates.iter().filter_map(AggRuntime::next_close);
+        rules.chain(aggs).min()
+    }
+
+    /// Fires every timer due at exactly `t` (the earliest pending deadline).
+    fn fire_timers(&mut self, t: Nanos, out: &mut dyn FnMut(Alert)) {
+        // Window closes first: their outputs are events at time t for the rules.
+        for a in 0..self.aggregates.len() {
+            let produced = self.aggregates[a].close_due(t);
+            let output = self.aggregates[a].def().output;
+            for fields in produced {
+                let event = Arc::new(Event {
+                    stream: output.0,
+                    time: t,
+                    fields,
+                });
+                self.stats.events += 1;
+                self.process(event, out);
+            }
+        }
+        for r in 0..self.rules.len() {
+            loop {
+                let due = matches!(self.rules[r].timers.peek(), Some(Reverse((d, _))) if *d <= t);
+                if !due {
+                    break;
+                }
+                let Some(Reverse((deadline, key))) = self.rules[r].timers.pop() else {
+                    break;
+                };
+                self.advance_key(r, &key, deadline, out);
+            }
+        }
+    }
+
+    fn advance_key(&mut self, r: usize, key: &KeyVal, now: Nanos, out: &mut dyn FnMut(Alert)) {
+        let rt = &mut self.rules[r];
+        let Some(slot) = rt.keys.get_mut(key) else {
+            return;
+        };
+        if slot.scheduled.is_some_and(|s| s > now) {
+            return; // a stale timer: the key was rescheduled later
+        }
+        slot.scheduled = None;
+        let before = slot.state.runs.len() as u64;
+        self.found.clear();
+        slot.state
+            .advance(&rt.nfa, now, &mut self.scratch, &mut self.found);
+        let after = slot.state.runs.len() as u64;
+        self.stats.runs = self.stats.runs + after - before.min(self.stats.runs + after);
+        emit_found(
+            &self.program,
+            rt,
+            key,
+            &mut self.found,
+            &mut self.stats,
+            out,
+        );
+        reschedule(rt, key, &mut self.stats);
+    }
+
+    fn process(&mut self, event: Arc<Event>, out: &mut dyn FnMut(Alert)) {
+        let consumers = self
+            .consumers
+            .get(event.stream as usize)
+            .cloned()
+            .unwrap_or_default();
+        for c in consumers {
+            match c {
+                Consumer::Aggregate(a) => self.aggregates[a].add(&event),
+                Consumer::Rule(r) => {
+                    let rt = &mut self.rules[r];
+                    let fields = rt
+                        .key_fields
+                        .get(&StreamId(event.stream))
+                        .map_or(&[][..], |v| &v[..]);
+                    let key = KeyVal::of(&event, fields);
+                    let slot = rt.keys.entry(key.clone()).or_insert_with(|| {
+                        self.stats.keys += 1;
+                        Slot {
+                            state: KeyState::default(),
+                            scheduled: None,
+                        }
+                    });
+                    let before = slot.state.runs.len() as u64;
+                    self.found.clear();
+                    let key_value = key.value();
+                    slot.state.on_event(
+                        &rt.nfa,
+                        &event,
+                        &key_value,
+                        &mut self.scratch,
+                        &mut self.found,
+                    );
+                    let after = slot.state.runs.len() as u64;
+                    self.stats.runs = (self.stats.runs + after).saturating_sub(before);
+                    self.stats.peak_runs = self.stats.peak_runs.max(self.stats.runs);
+                    emit_found(
+                        &self.program,
+                        rt,
+                        &key,
+                        &mut self.found,
+                        &mut self.stats,
+                        out,
+                    );
+                    reschedule(rt, &key, &mut self.stats);
+                }
+            }
+        }
+    }
+
+    /// The per-key state of a rule, for `explain` and the admin API.
+    pub fn key_state(&self, rule: &str, key: &KeyVal) -> Option<&KeyState> {
+        self.rules
+            .iter()
+            .find(|r| r.nfa.rule.name == rule)
+            .and_then(|r| r.keys.get(key))
+            .map(|s| &s.state)
+    }
+
+    /// Approximate bytes of per-key state held, over all rules (keys, runs, buffers; the
+    /// events themselves are shared and counted once per entry).
+    pub fn state_bytes(&self) -> usize {
+        let mut total = 0;
+        for r in &self.rules {
+            total += r.keys.capacity()
+                * (std::mem::size_of::<KeyVal>() + std::mem::size_of::<Slot>() + 8);
+            for (k, slot) in &r.keys {
+                total += k.heap_bytes();
+                total += slot.state.runs.capacity() * std::mem::size_of::<run::Run>();
+                total += slot.state.buffer.heap_bytes();
+                let mut seen = std::collections::HashSet::new();
+                for run in &slot.state.runs {
+                    for e in slot.state.buffer.chain(run.tail) {
+                        if seen.insert(Arc::as_ptr(&e.event)) {
+                            total += std::mem::size_of::<Event>()
+                                + 16
+                                + e.event.fields.len() * std::mem::size_of::<Value>();
+                        }
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+fn emit_found(
+    program: &Program,
+    rt: &mut RuleRuntime,
+    key: &KeyVal,
+    found: &mut Vec<Found>,
+    stats: &mut Stats,
+    out: &mut dyn FnMut(Alert),
+) {
+    if found.is_empty() {
+        return;
+    }
+    let Some(slot) = rt.keys.get_mut(key) else {
+        return;
+    };
+    let key_value = key.value();
+    let key_json = key.to_json(&rt.nfa.rule.key_names);
+    for f in found.drain(..) {
+        let alert = alert::build(
+            program,
+            &rt.nfa,
+            &slot.state.buffer,
+            &f,
+            &key_value,
+            &key_json,
+        );
+        slot.state.release(&f);
+        stats.alerts += 1;
+        out(alert);
+    }
+}
+
+/// Drops an empty key (so it costs nothing) or schedules its next deadline.
+fn reschedule(rt: &mut RuleRuntime, key: &KeyVal, stats: &mut Stats) {
+    let Some(slot) = rt.keys.get_mut(key) else {
+        return;
+    };
+    if slot.state.is_empty() {
+        rt.keys.remove(key);
+        stats.keys = stats.keys.saturating_sub(1);
+        return;
+    }
+    if let Some(d) = slot.state.next_deadline(&rt.nfa)
+        && slot.scheduled != Some(d)
+    {
+        slot.scheduled = Some(d);
+        rt.timers.push(Reverse((d, key.clone())));
+    }
+}

@@ -1,0 +1,605 @@
+//! The mutable state of one (rule, key): its runs (partial matches), their shared buffer, and
+//! matches held back by a skip strategy. This is the only mutable thing the engine keeps per
+//! key, and the thing that gets persisted.
+//!
+//! The rules implemented here are stated in docs/semantics.md; section numbers refer to it.
+
+use std::sync::Arc;
+
+use crate::compile::hir::{LoopMode, Skip, VarId};
+use crate::compile::nfa::{Completion, Guard, Nfa, StateId};
+use crate::event::{Event, Nanos, Value};
+use crate::lang::ast::Contiguity;
+
+use super::buffer::{Buffer, NIL};
+use super::eval::{self, Ctx};
+
+/// A partial match.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The NFA state: which step took the last event.
+    pub state: StateId,
+    /// Bit i set: the state's wait i is still open.
+    pub alive: u64,
+    /// No event has arrived since the last take (`not next` guards look at the next one only).
+    pub fresh: bool,
+    /// Sequence number of the first event.
+    pub start_seq: u64,
+    /// Time of the first event.
+    pub start_time: Nanos,
+    /// Time of the last event taken.
+    pub last_time: Nanos,
+    /// The last entry in the shared buffer (this run holds a reference on it).
+    pub tail: u32,
+    /// Creation order, to order matches that start with the same event.
+    pub id: u64,
+    /// The run has been emitted as a match: it times out silently.
+    pub completed: bool,
+    /// The run completes when time passes its deadline without a negated event (§4).
+    pub absence: bool,
+}
+
+/// Why an output was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundKind {
+    /// A completed match.
+    Match,
+    /// A partial match whose time ran out.
+    Timeout,
+}
+
+/// A match or timeout found for this key. Holds a reference on `tail`, which the caller
+/// releases (through [`KeyState::release`]) once the alert is built.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Match or timeout.
+    pub kind: FoundKind,
+    /// The completing event's time, or the deadline that passed.
+    pub time: Nanos,
+    /// Last entry of the matched events.
+    pub tail: u32,
+    /// Sequence number of the first event.
+    pub start_seq: u64,
+    /// Sequence number of the last event.
+    pub last_seq: u64,
+    /// Creation order of the run.
+    pub id: u64,
+}
+
+/// Everything one key holds for one rule.
+#[derive(Debug, Default, Clone)]
+pub struct KeyState {
+    /// Matched events, shared between runs.
+    pub buffer: Buffer,
+    /// Partial matches.
+    pub runs: Vec<Run>,
+    /// Completed matches held back until earlier-started runs are decided (§5).
+    pub pending: Vec<Found>,
+    /// Sequence number of the next event.
+    pub next_seq: u64,
+    /// Next run id.
+    pub next_run: u64,
+}
+
+/// Scratch space reused across keys, so stepping allocates nothing in the common case.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    runs: Vec<Run>,
+    found: Vec<Found>,
+}
+
+impl KeyState {
+    /// True when the key holds nothing and can be forgotten.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.pending.is_empty()
+    }
+
+    /// Releases the reference a [`Found`] holds.
+    pub fn release(&mut self, found: &Found) {
+        self.buffer.release(found.tail);
+    }
+
+    /// The earliest time at which something may happen without an event: a whole-match
+    /// deadline, a step bound, an absence.
+    pub fn next_deadline(&self, nfa: &Nfa) -> Option<Nanos> {
+        let within = nfa.rule.within;
+        let mut best: Option<Nanos> = None;
+        let mut consider = |t: Nanos| best = Some(best.map_or(t, |b: Nanos| b.min(t)));
+        for r in &self.runs {
+            if let Some(w) = within {
+                consider(r.start_time.saturating_add(w));
+            }
+            let state = &nfa.states[r.state as usize];
+            for (i, wait) in state.waits.iter().enumerate() {
+                if r.alive & (1 << i) != 0
+                    && let Some(b) = wait.within
+                {
+                    consider(r.last_time.saturating_add(b));
+                }
+            }
+        }
+        best
+    }
+
+    /// Feeds one event (already in time order, after [`KeyState::advance`] to its time).
+    pub fn on_event(
+        &mut self,
+        nfa: &Nfa,
+        event: &Arc<Event>,
+        key: &Value,
+        scratch: &mut Scratch,
+        out: &mut Vec<Found>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let first_out = out.len();
+        let mut survivors = std::mem::take(&mut scratch.runs);
+        survivors.clear();
+        let mut created: Vec<Run> = Vec::new();
+        let mut runs = std::mem::take(&mut self.runs);
+        for mut run in runs.drain(..) {
+            let keep = self.step_run(nfa, &mut run, event, seq, key, &mut created, out);
+            if keep {
+                survivors.push(run);
+            } else {
+                self.buffer.release(run.tail);
+            }
+        }
+        // Every event may start a match (§3).
+        let start_run = Run {
+            state: 0,
+            alive: u64::MAX,
+            fresh: false,
+            start_seq: seq,
+            start_time: event.time,
+            last_time: event.time,
+            tail: NIL,
+            id: 0,
+            completed: false,
+            absence: false,
+        };
+        let matched = self.matching_waits(nfa, &start_run, event, key, true);
+        for i in bits(matched.taken) {
+            let wait = &nfa.states[0].waits[i];
+            let r = self.extend(nfa, &start_run, wait.target, wait.var, event, seq, out);
+            if let Some(r) = r {
+                created.push(r);
+            }
+        }
+        survivors.extend(created);
+        self.runs = survivors;
+        // Keep the emptied vector's capacity for the next key.
+        scratch.runs = runs;
+        // Matches completed by one event come out in the order of their first events (§5).
+        out[first_out..].sort_by_key(|f| (f.start_seq, f.id));
+        self.settle(nfa, scratch, out, first_out);
+    }
+
+    /// Applies one event to one run; returns whether the run survives.
+    #[allow(clippy::too_many_arguments)]
+    fn step_run(
+        &mut self,
+        nfa: &Nfa,
+        run: &mut Run,
+        event: &Arc<Event>,
+        seq: u64,
+        key: &Value,
+        created: &mut Vec<Run>,
+        out: &mut Vec<Found>,
+    ) -> bool {
+        let state = &nfa.states[run.state as usize];
+        if run.absence
+            && let Completion::Absence(guards) = &state.complete
+        {
+            if guards
+                .iter()
+                .any(|g| self.guard_hits(nfa, g, run, event, key))
+            {
+                // The negated event happened: no absence (§4).
+                run.absence = false;
+                if run.alive == 0 {
+                    return false;
+                }
+            } else if guards.iter().all(|g| g.strict) {
+                // A trailing `not next` is decided by the first event after the run.
+                run.absence = false;
+                run.completed = true;
+                self.buffer.retain(run.tail);
+                out.push(Found {
+                    kind: FoundKind::Match,
+                    time: event.time,
+                    tail: run.tail,
+                    start_seq: run.start_seq,
+                    last_seq: self.last_seq(run.tail),
+                    id: run.id,
+                });
+            }
+        }
+        let matched = self.matching_waits(nfa, run, event, key, false);
+        // Which open waits end with this event.
+        let mut ended = 0u64;
+        for i in bits(run.alive) {
+            let wait = &state.waits[i];
+            let bit = 1u64 << i;
+            if wait
+                .guards
+                .iter()
+                .any(|g| self.guard_hits(nfa, g, run, event, key))
+            {
+                ended |= bit;
+                continue;
+            }
+            if let Some(u) = wait.until
+                && wait.stream.0 == event.stream
+                && self.cond(nfa, u, run, event, key)
+            {
+                ended |= bit;
+                continue;
+            }
+            match wait.contiguity {
+                Contiguity::Strict => ended |= bit,
+                Contiguity::Relaxed if matched.all & bit != 0 => ended |= bit,
+                _ => {}
+            }
+        }
+        for i in bits(matched.taken) {
+            let wait = &state.waits[i];
+            if let Some(r) = self.extend(nfa, run, wait.target, wait.var, event, seq, out) {
+                created.push(r);
+            }
+        }
+        run.alive &= !ended;
+        run.fresh = false;
+        run.alive != 0 || run.absence
+    }
+
+    /// Waits of the run's state whose step takes this event: `all` before greedy/reluctant
+    /// preferences, `taken` after.
+    fn matching_waits(
+        &self,
+        nfa: &Nfa,
+        run: &Run,
+        event: &Event,
+        key: &Value,
+        start: bool,
+    ) -> Matched {
+        let state = &nfa.states[run.state as usize];
+        let mut all = 0u64;
+        for (i, wait) in state.waits.iter().enumerate() {
+            let bit = 1u64 << i;
+            if run.alive & bit == 0 || wait.stream.0 != event.stream {
+                continue;
+            }
+            // At the start every wait is open and guards have nothing to guard.
+            if !start
+                && wait
+                    .guards
+                    .iter()
+                    .any(|g| self.guard_hits(nfa, g, run, event, key))
+            {
+                continue;
+            }
+            if let Some(u) = wait.until
+                && self.cond(nfa, u, run, event, key)
+            {
+                continue;
+            }
+            if wait.cond.is_none_or(|c| self.cond(nfa, c, run, event, key)) {
+                all |= bit;
+            }
+        }
+        Matched {
+            all,
+            taken: prefer(nfa, &state.waits, all),
+        }
+    }
+
+    fn guard_hits(&self, nfa: &Nfa, g: &Guard, run: &Run, event: &Event, key: &Value) -> bool {
+        if g.strict && !run.fresh {
+            return false;
+        }
+        g.stream.0 == event.stream && g.cond.is_none_or(|c| self.cond(nfa, c, run, event, key))
+    }
+
+    fn cond(&self, nfa: &Nfa, c: u32, run: &Run, event: &Event, key: &Value) -> bool {
+        let ctx = Ctx {
+            candidate: Some(event),
+            buffer: &self.buffer,
+            tail: run.tail,
+            key,
+            accumulated: &[],
+            key_fields: &[],
+        };
+        nfa.conds
+            .get(c as usize)
+            .is_some_and(|e| eval::test(e, &ctx))
+    }
+
+    fn last_seq(&self, tail: u32) -> u64 {
+        if tail == NIL {
+            0
+        } else {
+            self.buffer.entry(tail).seq
+        }
+    }
+
+    /// A new run: `from` plus `event` taken into `target`. Emits it if it completes; returns
+    /// it if it can go on.
+    #[allow(clippy::too_many_arguments)]
+    fn extend(
+        &mut self,
+        nfa: &Nfa,
+        from: &Run,
+        target: StateId,
+        var: VarId,
+        event: &Arc<Event>,
+        seq: u64,
+        out: &mut Vec<Found>,
+    ) -> Option<Run> {
+        let tail = self.buffer.push(Arc::clone(event), seq, var, from.tail);
+        let id = self.next_run;
+        self.next_run += 1;
+        let state = &nfa.states[target as usize];
+        let mut alive = if state.waits.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << state.waits.len()) - 1
+        };
+        let mut run = Run {
+            state: target,
+            alive,
+            fresh: true,
+            start_seq: if from.tail == NIL {
+                seq
+            } else {
+                from.start_seq
+            },
+            start_time: if from.tail == NIL {
+                event.time
+            } else {
+                from.start_time
+            },
+            last_time: event.time,
+            tail,
+            id,
+            completed: false,
+            absence: false,
+        };
+        match &state.complete {
+            Completion::Now => {
+                self.buffer.retain(tail);
+                out.push(Found {
+                    kind: FoundKind::Match,
+                    time: event.time,
+                    tail,
+                    start_seq: run.start_seq,
+                    last_seq: seq,
+                    id,
+                });
+                run.completed = true;
+                // A trailing reluctant loop stops at its minimum (§3).
+                for (i, w) in state.waits.iter().enumerate() {
+                    if let Some(t) = w.tag {
+                        let reluctant = nfa
+                            .loops
+                            .get(t.loop_id as usize)
+                            .is_some_and(|l| l.mode == LoopMode::Reluctant);
+                        if reluctant && t.continues {
+                            alive &= !(1u64 << i);
+                        }
+                    }
+                }
+                run.alive = alive;
+            }
+            Completion::Absence(_) => run.absence = true,
+            Completion::No => {}
+        }
+        if run.alive == 0 && !run.absence {
+            self.buffer.release(tail);
+            return None;
+        }
+        Some(run)
+    }
+
+    /// Advances time to `now`: expires runs whose bounds passed, completes absences (§4).
+    pub fn advance(&mut self, nfa: &Nfa, now: Nanos, scratch: &mut Scratch, out: &mut Vec<Found>) {
+        let within = nfa.rule.within;
+        let timeouts = nfa.rule.on_timeout.is_some();
+        let first_out = out.len();
+        let mut runs = std::mem::take(&mut self.runs);
+        let mut i = 0;
+        while i < runs.len() {
+            let run = &mut runs[i];
+            let mut dead = None;
+            if let Some(w) = within {
+                let deadline = run.start_time.saturating_add(w);
+                if now >= deadline {
+                    dead = Some(deadline);
+                }
+            }
+            if dead.is_none() {
+                let state = &nfa.states[run.state as usize];
+                let mut latest = None;
+                for b in bits(run.alive) {
+                    if let Some(bound) = state.waits[b].within {
+                        let deadline = run.last_time.saturating_add(bound);
+                        if now >= deadline {
+                            run.alive &= !(1u64 << b);
+                            latest = Some(latest.map_or(deadline, |l: Nanos| l.max(deadline)));
+                        }
+                    }
+                }
+                if run.alive == 0 && !run.absence {
+                    dead = Some(latest.unwrap_or(now));
+                }
+            }
+            if let Some(deadline) = dead {
+                let run = runs.swap_remove(i);
+                let last_seq = self.last_seq(run.tail);
+                if run.absence {
+                    out.push(Found {
+                        kind: FoundKind::Match,
+                        time: deadline,
+                        tail: run.tail,
+                        start_seq: run.start_seq,
+                        last_seq,
+                        id: run.id,
+                    });
+                } else if timeouts && !run.completed {
+                    out.push(Found {
+                        kind: FoundKind::Timeout,
+                        time: deadline,
+                        tail: run.tail,
+                        start_seq: run.start_seq,
+                        last_seq,
+                        id: run.id,
+                    });
+                } else {
+                    self.buffer.release(run.tail);
+                }
+                continue;
+            }
+            i += 1;
+        }
+        // swap_remove disturbed creation order, which decides output order.
+        runs.sort_by_key(|r| r.id);
+        self.runs = runs;
+        // Outputs of one advance come out in deadline order, then run order.
+        out[first_out..].sort_by_key(|f| (f.time, f.start_seq, f.id));
+        self.settle(nfa, scratch, out, first_out);
+    }
+
+    /// Emits or holds back matches as the skip strategy says (§5).
+    fn settle(&mut self, nfa: &Nfa, scratch: &mut Scratch, out: &mut Vec<Found>, from: usize) {
+        let skip = nfa.rule.skip;
+        if skip == Skip::None {
+            return;
+        }
+        // Matches found just now join the held-back ones; timeouts pass straight through.
+        let mut keep = std::mem::take(&mut scratch.found);
+        keep.clear();
+        for f in out.drain(from..) {
+            if f.kind == FoundKind::Match {
+                self.pending.push(f);
+            } else {
+                keep.push(f);
+            }
+        }
+        out.append(&mut keep);
+        scratch.found = keep;
+        self.pending.sort_by_key(|f| (f.start_seq, f.id));
+        while let Some(first) = self.pending.first() {
+            if self.runs.iter().any(|r| r.start_seq < first.start_seq) {
+                break;
+            }
+            let m = self.pending.remove(0);
+            let cut = match skip {
+                Skip::None => None,
+                Skip::ToNext => Some(Cut::Equal(m.start_seq)),
+                Skip::PastLast => Some(Cut::AtOrBefore(m.last_seq)),
+                Skip::ToFirst(v) => self.var_seq(m.tail, v, true).map(Cut::Before),
+                Skip::ToLast(v) => self.var_seq(m.tail, v, false).map(Cut::Before),
+            };
+            out.push(m);
+            if let Some(cut) = cut {
+                let mut runs = std::mem::take(&mut self.runs);
+                runs.retain(|r| {
+                    let drop = cut.drops(r.start_seq);
+                    if drop {
+                        self.buffer.release(r.tail);
+                    }
+                    !drop
+                });
+                self.runs = runs;
+                let mut pending = std::mem::take(&mut self.pending);
+                pending.retain(|p| {
+                    let drop = cut.drops(p.start_seq);
+                    if drop {
+                        self.buffer.release(p.tail);
+                    }
+                    !drop
+                });
+                self.pending = pending;
+            }
+        }
+    }
+
+    /// Sequence number of the first (or last) event of `var` in the chain ending at `tail`.
+    fn var_seq(&self, tail: u32, var: VarId, first: bool) -> Option<u64> {
+        let chain = self.buffer.chain(tail);
+        let mut it = chain.iter().filter(|e| e.var == var).map(|e| e.seq);
+        if first { it.next() } else { it.next_back() }
+    }
+
+    /// Ends every run and held-back match (a changed rule, an evicted key).
+    pub fn clear(&mut self) {
+        self.runs.clear();
+        self.pending.clear();
+        self.buffer = Buffer::default();
+    }
+}
+
+/// Pruning rule of a skip strategy.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Equal(u64),
+    AtOrBefore(u64),
+    Before(u64),
+}
+
+impl Cut {
+    fn drops(self, start: u64) -> bool {
+        match self {
+            Cut::Equal(s) => start == s,
+            Cut::AtOrBefore(s) => start <= s,
+            Cut::Before(s) => start < s,
+        }
+    }
+}
+
+struct Matched {
+    all: u64,
+    taken: u64,
+}
+
+/// Applies greedy and reluctant preferences to the waits that matched.
+fn prefer(nfa: &Nfa, waits: &[crate::compile::nfa::Wait], matched: u64) -> u64 {
+    let mut taken = matched;
+    for i in bits(matched) {
+        let Some(tag) = waits[i].tag else { continue };
+        let mode = nfa
+            .loops
+            .get(tag.loop_id as usize)
+            .map_or(LoopMode::All, |l| l.mode);
+        let wins = match mode {
+            LoopMode::All => continue,
+            // Greedy: a continuing take beats leaving the loop; reluctant: the reverse.
+            LoopMode::Greedy => tag.continues,
+            LoopMode::Reluctant => !tag.continues,
+        };
+        if wins {
+            for j in bits(matched) {
+                if let Some(other) = waits[j].tag
+                    && other.loop_id == tag.loop_id
+                    && other.continues != tag.continues
+                {
+                    taken &= !(1u64 << j);
+                }
+            }
+        }
+    }
+    taken
+}
+
+/// Indices of the set bits.
+fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
+        Some(i)
+    })
+}

@@ -1,0 +1,26 @@
+//! tern: complex event processing and rules for IoT.
+//!
+//! MQTT readings are decoded by device profiles into typed events, matched per key and in
+//! event time against patterns compiled to NFAs, and turned into alerts for webhooks, MQTT
+//! and InfluxDB. See `README.md` for the tour and `docs/` for the details.
+//!
+//! # Layout
+//!
+//! Modules follow the data, and dependencies point one way: `cli` uses everything, `compile`
+//! uses `lang`, and `lang` uses nothing of tern.
+//!
+//! - [`lang`]: text to AST: spans, the AST, the nom parser, the printer, diagnostics.
+//! - [`event`]: typed values and events, indexed by field position.
+//! - [`compile`]: AST to checked rules: name resolution and types against streams and devices.
+//! - [`engine`]: per-key NFA evaluation in event time: runs, shared buffer, timers, windows.
+//! - [`devices`]: device profiles (`devices/*.toml`): the streams they declare.
+//! - [`io`]: the world outside the engine: recorded input for replay.
+//! - [`cli`]: one module per subcommand.
+
+pub mod cli;
+pub mod compile;
+pub mod devices;
+pub mod engine;
+pub mod event;
+pub mod io;
+pub mod lang;
