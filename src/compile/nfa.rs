@@ -83,6 +83,9 @@ pub struct Wait {
     pub guards: Vec<Guard>,
     /// For greedy and reluctant loops: whether this wait continues or leaves which loop.
     pub tag: Option<LoopTag>,
+    /// Waits into the alternatives of one `a | b` element share a group: the element is one
+    /// step for contiguity, so a relaxed wait ends when any alternative takes an event.
+    pub alt_group: Option<u32>,
 }
 
 /// A wait's relation to the loop it continues or leaves.
@@ -140,6 +143,8 @@ enum G {
         next: GId,
     },
     Eps(Vec<GId>),
+    /// The alternatives of an `a | b` element.
+    Alt(Vec<GId>, u32),
     Link {
         contiguity: Contiguity,
         within: Option<i64>,
@@ -148,6 +153,8 @@ enum G {
     },
     Not {
         guard: Guard,
+        /// The negation is the pattern's last element: an absence, not a guard.
+        trailing: bool,
         next: GId,
     },
     Mark {
@@ -161,6 +168,7 @@ enum G {
 
 struct Builder {
     g: Vec<G>,
+    alts: u32,
     conds: Vec<TExpr>,
     loops: Vec<LoopInfo>,
 }
@@ -211,7 +219,8 @@ impl Builder {
             }
             Node::Alt(alts) => {
                 let entries = alts.iter().map(|a| self.c(a, next, inner_guards)).collect();
-                self.add(G::Eps(entries))
+                self.alts += 1;
+                self.add(G::Alt(entries, self.alts))
             }
             Node::Seq(items) => {
                 let mut cont = next;
@@ -226,7 +235,12 @@ impl Builder {
                                 name: n.name.clone(),
                             };
                             following_guards.push(guard.clone());
-                            cont = self.add(G::Not { guard, next: cont });
+                            let trailing = matches!(self.g[cont], G::End);
+                            cont = self.add(G::Not {
+                                guard,
+                                trailing,
+                                next: cont,
+                            });
                         }
                         SeqElem::Node(n) => {
                             let entry = self.c(n, cont, &following_guards);
@@ -338,12 +352,14 @@ struct Path {
     within: Option<i64>,
     guards: Vec<Guard>,
     tag: Option<LoopTag>,
+    alt_group: Option<u32>,
     negated: bool,
 }
 
 /// Compiles a checked rule.
 pub fn compile(rule: Arc<Rule>) -> Result<Nfa, CompileError> {
     let mut b = Builder {
+        alts: 0,
         g: Vec::new(),
         conds: Vec::new(),
         loops: Vec::new(),
@@ -407,6 +423,7 @@ fn closure(g: &[G], state_of: &[u32], from: GId) -> (Vec<Wait>, Completion) {
             within: None,
             guards: Vec::new(),
             tag: None,
+            alt_group: None,
             negated: false,
         },
         0usize,
@@ -435,12 +452,20 @@ fn closure(g: &[G], state_of: &[u32], from: GId) -> (Vec<Wait>, Completion) {
                     within: path.within,
                     guards: path.guards.clone(),
                     tag: path.tag,
+                    alt_group: path.alt_group,
                 });
             }
             G::Eps(next) => {
                 // Reverse so the first alternative is explored (and listed) first.
                 for &m in next.iter().rev() {
                     stack.push((m, path.clone(), depth + 1));
+                }
+            }
+            G::Alt(next, id) => {
+                for &m in next.iter().rev() {
+                    let mut p = path.clone();
+                    p.alt_group = Some(*id);
+                    stack.push((m, p, depth + 1));
                 }
             }
             G::Link {
@@ -450,15 +475,21 @@ fn closure(g: &[G], state_of: &[u32], from: GId) -> (Vec<Wait>, Completion) {
                 next,
             } => {
                 let mut p = path.clone();
+                // A link starts another element: the alternation (if any) is behind us.
+                p.alt_group = None;
                 p.contiguity = Some(*contiguity);
                 p.within = *within;
                 p.guards.extend(guards.iter().cloned());
                 stack.push((*next, p, depth + 1));
             }
-            G::Not { guard, next } => {
+            G::Not {
+                guard,
+                trailing,
+                next,
+            } => {
                 let mut p = path.clone();
                 p.guards.push(guard.clone());
-                p.negated = true;
+                p.negated |= *trailing;
                 stack.push((*next, p, depth + 1));
             }
             G::Mark { tag, next } => {

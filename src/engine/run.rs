@@ -239,7 +239,24 @@ impl KeyState {
             match wait.contiguity {
                 Contiguity::Strict => ended |= bit,
                 Contiguity::Relaxed if matched.all & bit != 0 => ended |= bit,
-                _ => {}
+                Contiguity::Relaxed => {
+                    // One alternative taking the event ends the wait for the whole element.
+                    if let Some(g) = wait.alt_group {
+                        let sibling_took = bits(matched.all)
+                            .any(|j| j != i && state.waits[j].alt_group == Some(g));
+                        if sibling_took {
+                            ended |= bit;
+                        }
+                    }
+                }
+                Contiguity::NonDeterministic => {}
+            }
+            // Greedy: an event the loop can take ends the waits that leave (or skip) it.
+            if let Some(tag) = wait.tag
+                && !tag.continues
+                && greedy_loop_took(nfa, state, matched.all, tag.loop_id)
+            {
+                ended |= bit;
             }
         }
         for i in bits(matched.taken) {
@@ -560,6 +577,25 @@ impl Cut {
 struct Matched {
     all: u64,
     taken: u64,
+}
+
+/// True when a wait continuing greedy loop `loop_id` accepts the event.
+fn greedy_loop_took(
+    nfa: &Nfa,
+    state: &crate::compile::nfa::State,
+    matched: u64,
+    loop_id: u32,
+) -> bool {
+    let greedy = nfa
+        .loops
+        .get(loop_id as usize)
+        .is_some_and(|l| l.mode == LoopMode::Greedy);
+    greedy
+        && bits(matched).any(|j| {
+            state.waits[j]
+                .tag
+                .is_some_and(|t| t.loop_id == loop_id && t.continues)
+        })
 }
 
 /// Applies greedy and reluctant preferences to the waits that matched.
