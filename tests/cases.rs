@@ -46,10 +46,19 @@ fn replay(dir: &Path) -> Result<Vec<Json>, String> {
         ));
     }
     let program = Arc::new(program);
+    // Events without `$stream` belong to the one stream read from input: the rule's, or the
+    // source of the aggregate it reads.
     let stream = program
         .rules
         .first()
-        .and_then(|r| r.streams.first().copied());
+        .and_then(|r| r.streams.first().copied())
+        .map(|s| {
+            program
+                .aggregates
+                .iter()
+                .find(|a| a.output == s)
+                .map_or(s, |a| a.source)
+        });
     let mut engine = Engine::new(Arc::clone(&program)).map_err(|e| e.to_string())?;
     let reader = JsonReader::new(&program, stream);
     let mut alerts = Vec::new();

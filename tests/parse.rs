@@ -16,14 +16,14 @@ use serde_json::Value;
 use tern::lang::source::Sources;
 use tern::lang::{parse, render};
 
-/// Reads a fixture into a fresh source set, named by its path from the crate root.
+/// Reads a fixture into a fresh source set, named by its path from the crate root
+/// (`tests/fixtures/...`).
 fn load(path: &Path) -> (Sources, tern::lang::FileId) {
     let text = std::fs::read_to_string(path).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let name = path
-        .strip_prefix(root)
-        .unwrap_or(path)
-        .display()
+    let full = path.display().to_string();
+    let name = full
+        .find("tests/fixtures/")
+        .map_or(full.as_str(), |n| &full[n..])
         .to_string();
     let mut sources = Sources::new();
     let id = sources.add(name, text);

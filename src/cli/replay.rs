@@ -178,17 +178,26 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.context("cannot read input")?;
+            let mut reader = reader;
+            let mut line = String::with_capacity(256);
+            let mut i = 0usize;
+            loop {
+                line.clear();
+                // One buffer for every line: no allocation per line.
+                if reader.read_line(&mut line).context("cannot read input")? == 0 {
+                    break;
+                }
+                i += 1;
+                let line = line.trim_end_matches(['\n', '\r']);
                 if line.trim().is_empty() {
                     continue;
                 }
                 let rec = if args.format == InputFormat::Capture {
-                    input::capture(&program, &profiles, &line)
+                    input::capture(&program, &profiles, line)
                 } else {
-                    json_reader.line(&line)
+                    json_reader.line(line)
                 };
-                feed(i as u64 + 1, &line, rec, &mut engine, &mut emit);
+                feed(i as u64, line, rec, &mut engine, &mut emit);
             }
         }
     }
@@ -221,6 +230,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         eprintln!("elapsed       {elapsed:.3} s");
         eprintln!("events/s      {rate:.0}");
         eprintln!("peak partial  {}", s.peak_runs);
+        if args.no_flush && s.keys > 0 {
+            // Pending state at the end: what a live engine would hold for these keys.
+            let bytes = engine.state_bytes();
+            eprintln!("keys pending  {}", s.keys);
+            eprintln!("state bytes   {bytes} ({} per key)", bytes as u64 / s.keys);
+        }
         if let Some(rss) = peak_rss_kib() {
             eprintln!("peak RSS      {:.1} MiB", rss as f64 / 1024.0);
         }

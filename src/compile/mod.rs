@@ -106,6 +106,7 @@ pub fn load(
                 source,
             })?;
             let (ast, diags) = crate::lang::parse(id, sources.text(id));
+            let ast = without_broken_items(ast, &diags);
             diagnostics.extend(diags);
             files.push((id, ast));
             rule_files_read.push(id);
@@ -140,6 +141,7 @@ pub fn check_text(
     for (name, text) in texts {
         let id = sources.add(*name, *text);
         let (ast, diags) = crate::lang::parse(id, sources.text(id));
+        let ast = without_broken_items(ast, &diags);
         diagnostics.extend(diags);
         files.push((id, ast));
     }
@@ -153,4 +155,31 @@ pub fn check_text(
     );
     diagnostics.extend(diags);
     (program, diagnostics)
+}
+
+/// Drops the rules and aggregates that contain a parse error: checking what the parser could
+/// salvage of them would report follow-on errors ("no `match` clause") for one mistake.
+/// Stream declarations and imports stay, so the rest of the file still resolves.
+fn without_broken_items(
+    mut ast: crate::lang::ast::File,
+    diags: &[Diagnostic],
+) -> crate::lang::ast::File {
+    use crate::lang::ast::Item;
+    let errors: Vec<u32> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .filter_map(|d| d.primary().map(|l| l.span.start))
+        .collect();
+    if errors.is_empty() {
+        return ast;
+    }
+    ast.items.retain(|item| {
+        let span = match item {
+            Item::Rule(r) => r.span,
+            Item::Aggregate(a) => a.span,
+            Item::Stream(_) | Item::Import(_) => return true,
+        };
+        !errors.iter().any(|&e| e >= span.start && e <= span.end)
+    });
+    ast
 }

@@ -520,21 +520,44 @@ fn closure(g: &[G], state_of: &[u32], from: GId) -> (Vec<Wait>, Completion) {
 }
 
 impl Nfa {
-    /// A state's display name: `start`, `b#2`.
+    /// A state's display name: `start`, `b#2` (the step's 2nd take); a step repeated by a
+    /// group gets a letter per iteration of the group (`slow#1b`).
     pub fn state_name(&self, id: StateId) -> String {
-        match self.states.get(id as usize) {
-            Some(State {
-                var: Some(v), copy, ..
-            }) => {
-                let name = self
-                    .rule
-                    .vars
-                    .get(v.0 as usize)
-                    .map_or("?", |x| x.name.as_str());
-                format!("{name}#{copy}")
-            }
-            _ => "start".to_string(),
+        let Some(State {
+            var: Some(v), copy, ..
+        }) = self.states.get(id as usize)
+        else {
+            return "start".to_string();
+        };
+        let name = self
+            .rule
+            .vars
+            .get(v.0 as usize)
+            .map_or("?", |x| x.name.as_str());
+        // States are built from the end of the pattern backwards, so later iterations of a
+        // group have smaller ids: count the same (step, copy) at higher ids.
+        let same = |s: &&State| s.var == Some(*v) && s.copy == *copy;
+        let total = self.states.iter().filter(same).count();
+        if total == 1 {
+            return format!("{name}#{copy}");
         }
+        let rank = self.states[id as usize + 1..].iter().filter(same).count();
+        let letter = (b'a' + (rank % 26) as u8) as char;
+        format!("{name}#{copy}{letter}")
+    }
+
+    /// State ids in pattern order: the start, then by step, copy and iteration.
+    pub fn display_order(&self) -> Vec<StateId> {
+        let mut ids: Vec<StateId> = (0..self.states.len() as StateId).collect();
+        ids.sort_by_key(|&i| {
+            let s = &self.states[i as usize];
+            (
+                s.var.map_or(-1, |v| i64::from(v.0)),
+                s.copy,
+                std::cmp::Reverse(i),
+            )
+        });
+        ids
     }
 
     /// The NFA as text (`tern explain`).
@@ -546,7 +569,8 @@ impl Nfa {
             self.rule.name,
             self.states.len()
         );
-        for (i, s) in self.states.iter().enumerate() {
+        for i in self.display_order() {
+            let s = &self.states[i as usize];
             let complete = match &s.complete {
                 Completion::No => String::new(),
                 Completion::Now => "  [complete]".to_string(),
@@ -558,7 +582,7 @@ impl Nfa {
                         .join(", ")
                 ),
             };
-            let _ = writeln!(out, "  {}{}", self.state_name(i as StateId), complete);
+            let _ = writeln!(out, "  {}{}", self.state_name(i), complete);
             for w in &s.waits {
                 let mut line = format!(
                     "    {} {} -> {}",

@@ -23,6 +23,11 @@ pub struct Entry {
     pub var: VarId,
     /// The entry taken before this one in the same run, or `NIL`.
     pub prev: u32,
+    /// The nearest earlier entry taken by a single-event step (skipping loop entries), or
+    /// `NIL`: reading `first.speed` from the end of a long loop is then O(steps), not O(events).
+    pub anchor: u32,
+    /// The entry was taken by a loop.
+    pub in_loop: bool,
     refs: u32,
 }
 
@@ -36,15 +41,28 @@ pub struct Buffer {
 impl Buffer {
     /// Adds an entry after `prev` (taking a reference on it); the new entry starts with one
     /// reference, owned by the caller.
-    pub fn push(&mut self, event: Arc<Event>, seq: u64, var: VarId, prev: u32) -> u32 {
-        if prev != NIL {
+    pub fn push(
+        &mut self,
+        event: Arc<Event>,
+        seq: u64,
+        var: VarId,
+        in_loop: bool,
+        prev: u32,
+    ) -> u32 {
+        let anchor = if prev == NIL {
+            NIL
+        } else {
             self.retain(prev);
-        }
+            let p = &self.entries[prev as usize];
+            if p.in_loop { p.anchor } else { prev }
+        };
         let entry = Entry {
             event,
             seq,
             var,
             prev,
+            anchor,
+            in_loop,
             refs: 1,
         };
         match self.free.pop() {
@@ -129,9 +147,16 @@ mod tests {
     #[test]
     fn branches_share_their_prefix_and_free_it_last() {
         let mut b = Buffer::default();
-        let a = b.push(ev(1), 1, VarId(0), NIL);
-        let x = b.push(ev(2), 2, VarId(1), a);
-        let y = b.push(ev(3), 3, VarId(1), a);
+        let a = b.push(ev(1), 1, VarId(0), false, NIL);
+        let x = b.push(ev(2), 2, VarId(1), true, a);
+        let y = b.push(ev(3), 3, VarId(1), true, a);
+        let z = b.push(ev(4), 4, VarId(1), true, y);
+        assert_eq!(
+            b.entry(z).anchor,
+            a,
+            "loop entries point past themselves to the last step"
+        );
+        b.release(z);
         assert_eq!(b.live(), 3);
         b.release(a); // the run that stayed at `a` ends
         assert_eq!(b.live(), 3, "a is still shared by two branches");

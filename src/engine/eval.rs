@@ -45,9 +45,14 @@ pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
             .cloned()
             .unwrap_or(Value::Null),
         TExprKind::VarField { var, field } => {
+            // VarField reads single-event steps only, so loop entries can be jumped over.
             let mut cur = ctx.tail;
             while cur != NIL {
                 let entry = ctx.buffer.entry(cur);
+                if entry.in_loop {
+                    cur = entry.anchor;
+                    continue;
+                }
                 if entry.var == *var {
                     return entry
                         .event
@@ -56,7 +61,7 @@ pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
                         .cloned()
                         .unwrap_or(Value::Null);
                 }
-                cur = entry.prev;
+                cur = entry.anchor;
             }
             Value::Null
         }

@@ -58,9 +58,39 @@ pub struct Stats {
 struct RuleRuntime {
     nfa: Nfa,
     /// Key field indices per input stream.
-    key_fields: HashMap<StreamId, Vec<u16>>,
-    keys: HashMap<KeyVal, Slot>,
-    timers: BinaryHeap<Reverse<(Nanos, KeyVal)>>,
+    key_fields: Vec<(StreamId, Vec<u16>)>,
+    keys: KeyMap<Slot>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    /// Insertion counter: orders timers with equal deadlines without comparing keys.
+    timer_seq: u64,
+}
+
+/// Per-key maps: keys come from devices, so the hasher is seeded (foldhash), and fast.
+pub type KeyMap<V> = HashMap<KeyVal, V, foldhash::fast::RandomState>;
+
+/// A key's next deadline. Ordered by (deadline, insertion) only: equal deadlines fire in the
+/// order they were scheduled, and keys are never compared.
+struct Timer {
+    deadline: Nanos,
+    seq: u64,
+    key: KeyVal,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, o: &Self) -> bool {
+        (self.deadline, self.seq) == (o.deadline, o.seq)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.deadline, self.seq).cmp(&(o.deadline, o.seq))
+    }
 }
 
 struct Slot {
@@ -128,9 +158,9 @@ impl Engine {
         }
         for (i, rule) in program.rules.iter().enumerate() {
             let nfa = nfa::compile(Arc::clone(rule))?;
-            let mut key_fields = HashMap::new();
+            let mut key_fields = Vec::new();
             for (s, stream) in rule.streams.iter().enumerate() {
-                key_fields.insert(*stream, rule.key.get(s).cloned().unwrap_or_default());
+                key_fields.push((*stream, rule.key.get(s).cloned().unwrap_or_default()));
                 if let Some(c) = consumers.get_mut(stream.0 as usize) {
                     c.push(Consumer::Rule(i));
                 }
@@ -138,8 +168,9 @@ impl Engine {
             rules.push(RuleRuntime {
                 nfa,
                 key_fields,
-                keys: HashMap::new(),
+                keys: KeyMap::default(),
                 timers: BinaryHeap::new(),
+                timer_seq: 0,
             });
         }
         let aggregates = program
@@ -281,7 +312,7 @@ impl Engine {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| r.timers.peek().map(|Reverse((t, _))| *t));
+            .filter_map(|r| r.timers.peek().map(|Reverse(tm)| tm.deadline));
         let aggs = self.aggregates.iter().filter_map(AggRuntime::next_close);
         rules.chain(aggs).min()
     }
@@ -304,14 +335,15 @@ impl Engine {
         }
         for r in 0..self.rules.len() {
             loop {
-                let due = matches!(self.rules[r].timers.peek(), Some(Reverse((d, _))) if *d <= t);
+                let due =
+                    matches!(self.rules[r].timers.peek(), Some(Reverse(tm)) if tm.deadline <= t);
                 if !due {
                     break;
                 }
-                let Some(Reverse((deadline, key))) = self.rules[r].timers.pop() else {
+                let Some(Reverse(tm)) = self.rules[r].timers.pop() else {
                     break;
                 };
-                self.advance_key(r, &key, deadline, out);
+                self.advance_key(r, &tm.key, tm.deadline, out);
             }
         }
     }
@@ -321,9 +353,12 @@ impl Engine {
         let Some(slot) = rt.keys.get_mut(key) else {
             return;
         };
-        if slot.scheduled.is_some_and(|s| s > now) {
-            return; // a stale timer: the key was rescheduled later
+        if slot.scheduled != Some(now) {
+            return; // superseded by an earlier timer of the same key, which already fired
         }
+        // Deadlines only move later as events arrive, and a key is not rescheduled for that:
+        // the old timer fires, finds nothing due, and sets the next one (one heap entry per
+        // key instead of one per event).
         slot.scheduled = None;
         let before = slot.state.runs.len() as u64;
         self.found.clear();
@@ -343,20 +378,21 @@ impl Engine {
     }
 
     fn process(&mut self, event: Arc<Event>, out: &mut dyn FnMut(Alert)) {
-        let consumers = self
+        let n = self
             .consumers
             .get(event.stream as usize)
-            .cloned()
-            .unwrap_or_default();
-        for c in consumers {
+            .map_or(0, Vec::len);
+        for ci in 0..n {
+            let c = self.consumers[event.stream as usize][ci];
             match c {
                 Consumer::Aggregate(a) => self.aggregates[a].add(&event),
                 Consumer::Rule(r) => {
                     let rt = &mut self.rules[r];
                     let fields = rt
                         .key_fields
-                        .get(&StreamId(event.stream))
-                        .map_or(&[][..], |v| &v[..]);
+                        .iter()
+                        .find(|(s, _)| s.0 == event.stream)
+                        .map_or(&[][..], |(_, v)| &v[..]);
                     let key = KeyVal::of(&event, fields);
                     let slot = rt.keys.entry(key.clone()).or_insert_with(|| {
                         self.stats.keys += 1;
@@ -470,9 +506,14 @@ fn reschedule(rt: &mut RuleRuntime, key: &KeyVal, stats: &mut Stats) {
         return;
     }
     if let Some(d) = slot.state.next_deadline(&rt.nfa)
-        && slot.scheduled != Some(d)
+        && slot.scheduled.is_none_or(|s| d < s)
     {
         slot.scheduled = Some(d);
-        rt.timers.push(Reverse((d, key.clone())));
+        rt.timer_seq += 1;
+        rt.timers.push(Reverse(Timer {
+            deadline: d,
+            seq: rt.timer_seq,
+            key: key.clone(),
+        }));
     }
 }

@@ -167,9 +167,14 @@ impl KeyState {
             }
         }
         survivors.extend(created);
-        self.runs = survivors;
-        // Keep the emptied vector's capacity for the next key.
-        scratch.runs = runs;
+        // The key keeps its own vector (sized by its own history, not by the busiest key's)
+        // and the scratch vector goes back to the pool for the next key.
+        runs.append(&mut survivors);
+        if runs.capacity() > 4 * runs.len().max(1) {
+            runs.shrink_to(2 * runs.len());
+        }
+        self.runs = runs;
+        scratch.runs = survivors;
         // Matches completed by one event come out in the order of their first events (§5).
         out[first_out..].sort_by_key(|f| (f.start_seq, f.id));
         self.settle(nfa, scratch, out, first_out);
@@ -353,7 +358,10 @@ impl KeyState {
         seq: u64,
         out: &mut Vec<Found>,
     ) -> Option<Run> {
-        let tail = self.buffer.push(Arc::clone(event), seq, var, from.tail);
+        let in_loop = nfa.rule.vars.get(var.0 as usize).is_some_and(|v| v.is_loop);
+        let tail = self
+            .buffer
+            .push(Arc::clone(event), seq, var, in_loop, from.tail);
         let id = self.next_run;
         self.next_run += 1;
         let state = &nfa.states[target as usize];

@@ -86,6 +86,17 @@ impl<'p> JsonReader<'p> {
 
     /// Parses one line (already known not to be blank).
     pub fn line(&self, line: &str) -> Result<Record, BadLine> {
+        // The common case, an event of the default stream, is decoded straight into the
+        // schema's slots without building a JSON tree; anything else takes the general path.
+        if let Some(stream) = self.default_stream
+            && !line.contains("\"$")
+        {
+            let schema = self.program.stream(stream);
+            if let Some(ev) = fast::decode(schema, stream, line) {
+                return Ok(Record::Event(ev));
+            }
+            // Fall through: the general path reports the precise error.
+        }
         let json: Json =
             serde_json::from_str(line).map_err(|e| BadLine::InvalidJson(e.to_string()))?;
         let Json::Object(obj) = json else {
@@ -315,5 +326,164 @@ fn csv_cell(ty: Ty, cell: &str) -> Json {
             .parse::<i64>()
             .map_or_else(|_| Json::String(cell.into()), Json::from),
         _ => Json::String(cell.into()),
+    }
+}
+
+/// Schema-driven decoding of one flat JSON object into an event, without a JSON tree.
+mod fast {
+    use std::borrow::Cow;
+    use std::fmt;
+    use std::sync::Arc;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    use crate::compile::expr::ty_of;
+    use crate::compile::hir::{StreamId, Ty};
+    use crate::compile::schema::StreamSchema;
+    use crate::event::{Event, Value};
+
+    /// A JSON scalar, borrowing strings from the line where it can.
+    enum Scalar<'a> {
+        Null,
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Str(Cow<'a, str>),
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Scalar<'de> {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Scalar<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON scalar")
+                }
+                fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Null)
+                }
+                fn visit_none<E>(self) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Null)
+                }
+                fn visit_bool<E>(self, b: bool) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Bool(b))
+                }
+                fn visit_i64<E>(self, i: i64) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Int(i))
+                }
+                fn visit_u64<E>(self, u: u64) -> Result<Scalar<'de>, E> {
+                    Ok(i64::try_from(u).map_or(Scalar::Float(u as f64), Scalar::Int))
+                }
+                fn visit_f64<E>(self, f: f64) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Float(f))
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Str(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Str(Cow::Owned(s.to_string())))
+                }
+                fn visit_string<E>(self, s: String) -> Result<Scalar<'de>, E> {
+                    Ok(Scalar::Str(Cow::Owned(s)))
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Scalar<'de>, A::Error> {
+                    while a.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Scalar::Other)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Scalar<'de>, A::Error> {
+                    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Scalar::Other)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    struct Row<'s> {
+        schema: &'s StreamSchema,
+    }
+
+    /// Marks a value the fast path cannot convert; the general path then explains why.
+    struct Unfit;
+
+    impl<'de> DeserializeSeed<'de> for Row<'_> {
+        type Value = Result<Vec<Value>, Unfit>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Row<'_> {
+        type Value = Result<Vec<Value>, Unfit>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let n = self.schema.fields.len();
+            let mut values: Vec<Option<Value>> = vec![None; n];
+            let mut fit = true;
+            while let Some(key) = a.next_key::<Cow<'de, str>>()? {
+                let Some(i) = self.schema.fields.iter().position(|f| f.name == *key) else {
+                    a.next_value::<IgnoredAny>()?;
+                    continue;
+                };
+                let scalar: Scalar<'de> = a.next_value()?;
+                let ty = ty_of(self.schema.fields[i].ty.base);
+                match convert(ty, scalar) {
+                    Some(v) => values[i] = Some(v),
+                    None => fit = false,
+                }
+            }
+            if !fit {
+                return Ok(Err(Unfit));
+            }
+            let mut out = Vec::with_capacity(n);
+            for (f, v) in self.schema.fields.iter().zip(values) {
+                match v {
+                    Some(Value::Null) | None if !f.ty.nullable => return Ok(Err(Unfit)),
+                    Some(v) => out.push(v),
+                    None => out.push(Value::Null),
+                }
+            }
+            Ok(Ok(out))
+        }
+    }
+
+    fn convert(ty: Ty, s: Scalar<'_>) -> Option<Value> {
+        Some(match (ty, s) {
+            (_, Scalar::Null) => Value::Null,
+            (Ty::Bool, Scalar::Bool(b)) => Value::Bool(b),
+            (Ty::Int, Scalar::Int(i)) => Value::Int(i),
+            (Ty::Float, Scalar::Int(i)) => Value::Float(i as f64),
+            (Ty::Float, Scalar::Float(f)) => Value::Float(f),
+            (Ty::Str, Scalar::Str(s)) => Value::Str(Arc::from(&*s)),
+            (Ty::Timestamp, Scalar::Int(ms)) => Value::Timestamp(ms.checked_mul(1_000_000)?),
+            (Ty::Timestamp, Scalar::Str(s)) => Value::Timestamp(super::parse_rfc3339(&s)?),
+            _ => return None,
+        })
+    }
+
+    /// The event, or `None` when the line needs the general path (which explains errors).
+    pub fn decode(schema: &StreamSchema, stream: StreamId, line: &str) -> Option<Event> {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let row = Row { schema };
+        let values = match row.deserialize(&mut de) {
+            Ok(Ok(v)) => v,
+            _ => return None,
+        };
+        de.end().ok()?;
+        let time = match values.get(schema.time_field) {
+            Some(Value::Timestamp(t)) => *t,
+            _ => return None,
+        };
+        Some(Event {
+            stream: stream.0,
+            time,
+            fields: values.into_boxed_slice(),
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! The registry of diagnostic codes. A code is never reused or renumbered: editors, CI
 //! filters and docs link to them. Ranges by stage: E1xx parse, E2xx names and types,
-//! E3xx pattern shape and boundedness, E4xx device profiles, W-codes are warnings.
+//! E3xx pattern shape and boundedness, E40x device profiles, E41x the configuration file
+//! (tern.toml), W-codes are warnings.
 
 use serde::Serialize;
 
@@ -90,6 +91,14 @@ codes! {
     E402 = "E402", "invalid timestamp format";
     E403 = "E403", "duplicate stream across profiles";
     E404 = "E404", "invalid decoder script";
+    // -- E41x: config (tern.toml) -----------------------------------------------------------
+    E410 = "E410", "invalid configuration file";
+    E411 = "E411", "unknown configuration key";
+    E412 = "E412", "invalid configuration value";
+    E413 = "E413", "missing configuration key";
+    E414 = "E414", "unknown sink type";
+    E415 = "E415", "key does not apply to this sink type";
+    E416 = "E416", "secret not available";
     // -- warnings ---------------------------------------------------------------------------
     W001 = "W001", "unused step";
     W002 = "W002", "condition is always true";

@@ -43,7 +43,7 @@ pub fn print_expr(e: &Expr) -> String {
 /// A pattern on one line.
 pub fn print_pattern(p: &Pattern) -> String {
     let mut out = String::new();
-    pattern(&mut out, p, None);
+    pattern(&mut out, p);
     out
 }
 
@@ -229,11 +229,7 @@ fn clause(c: &Clause) -> String {
         ClauseKind::From(n) => format!("from {}", names(n)),
         ClauseKind::Key(n) => format!("key {}", names(n)),
         ClauseKind::To(n) => format!("to {}", names(n)),
-        ClauseKind::Match(p) => {
-            let mut out = String::from("match ");
-            pattern(&mut out, p, Some(&format!("\n{INDENT}{INDENT}")));
-            out
-        }
+        ClauseKind::Match(p) => match_clause(p),
         ClauseKind::Within(d) => format!("within {}", format_duration(d.node.millis)),
         ClauseKind::Skip(s) => format!(
             "skip {}",
@@ -285,11 +281,61 @@ fn fields(list: &[EmitField], level: usize) -> String {
     out
 }
 
-/// A pattern; with `break_with`, each link starts a new line with that prefix.
-fn pattern(out: &mut String, p: &Pattern, break_with: Option<&str>) {
+/// Lines longer than this are broken where the layout allows.
+const WIDTH: usize = 100;
+
+/// `match` and its pattern: each link on its own line, indented below `match`; a step whose
+/// line would be too long has its `where` and `until` on lines of their own below it.
+fn match_clause(p: &Pattern) -> String {
+    let link_indent = INDENT.repeat(2);
+    let cond_indent = INDENT.repeat(3);
+    let mut out = String::from("match ");
+    let line = |out: &mut String, prefix_len: usize, e: &Element| {
+        let mut text = String::new();
+        element(&mut text, e);
+        let lone_step = match e.alternatives.as_slice() {
+            [Atom::Step(s)] if s.condition.is_some() || s.until.is_some() => Some(s),
+            _ => None,
+        };
+        match lone_step {
+            Some(s) if prefix_len + text.len() > WIDTH => {
+                out.push_str(&s.name.node);
+                out.push_str(": ");
+                out.push_str(&s.stream.node);
+                if let Some(q) = &s.quantifier {
+                    quantifier(out, q);
+                }
+                for (kw, cond) in [("where", &s.condition), ("until", &s.until)] {
+                    if let Some(c) = cond {
+                        out.push('\n');
+                        out.push_str(&cond_indent);
+                        out.push_str(kw);
+                        out.push(' ');
+                        expr(out, c, true);
+                    }
+                }
+            }
+            _ => out.push_str(&text),
+        }
+    };
+    line(&mut out, INDENT.len() + "match ".len(), &p.first);
+    for (l, e) in &p.rest {
+        out.push('\n');
+        out.push_str(&link_indent);
+        let mut head = String::new();
+        link(&mut head, l);
+        head.push(' ');
+        out.push_str(&head);
+        line(&mut out, link_indent.len() + head.len(), e);
+    }
+    out
+}
+
+/// A pattern on one line.
+fn pattern(out: &mut String, p: &Pattern) {
     element(out, &p.first);
     for (l, e) in &p.rest {
-        out.push_str(break_with.unwrap_or(" "));
+        out.push(' ');
         link(out, l);
         out.push(' ');
         element(out, e);
@@ -350,7 +396,7 @@ fn condition(out: &mut String, kw: &str, e: Option<&Expr>) {
 
 fn group(out: &mut String, g: &Group) {
     out.push('(');
-    pattern(out, &g.pattern, None);
+    pattern(out, &g.pattern);
     out.push(')');
     if let Some(q) = &g.quantifier {
         quantifier(out, q);

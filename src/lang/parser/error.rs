@@ -79,6 +79,18 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// The span of a block comment that contained `/*` and ended right before the token at
+    /// `at`: the likely cause of a parse error there.
+    fn nested_comment_before(&self, at: &'a str) -> Option<crate::lang::span::Span> {
+        let pos = self.off(at);
+        let comments = self.nested_comments.borrow();
+        // Only the last comment that ends before the token can end right before it.
+        let before = comments.partition_point(|c| c.end as usize <= pos);
+        let comment = *comments.get(before.checked_sub(1)?)?;
+        let after = self.src.get(comment.end as usize..)?;
+        (self.off(self.skip_ws_lenient(after)) == pos).then_some(comment)
+    }
+
     /// Start and end of the token at `at` (after whitespace), for labels.
     pub(super) fn token_bounds(&self, at: &'a str) -> (&'a str, &'a str) {
         let start = self.skip_ws_lenient(at);
@@ -95,13 +107,24 @@ impl<'a> Cx<'a> {
         let label = format!("expected {expected}");
         let d = match tok {
             Tok::Other(c) => {
+                let (span, label, note) = match stray_char(c, end) {
+                    Some((width, label, note)) => (
+                        crate::lang::span::Span::new(
+                            span.start as usize,
+                            span.end as usize + width,
+                        ),
+                        label.to_string(),
+                        Some(note),
+                    ),
+                    None => (span, label, None),
+                };
                 let d = self.error(
                     Code::E100,
                     format!("unexpected character {}", describe_char(c)),
                     span,
                     label,
                 );
-                match char_hint(c) {
+                match note {
                     Some(note) => d.with_note(note),
                     None => d,
                 }
@@ -113,12 +136,33 @@ impl<'a> Cx<'a> {
                 label,
             ),
         };
+        let d = match self.nested_comment_before(start) {
+            Some(comment) => d
+                .with_secondary(self.file, comment, "this comment ends at the first `*/`")
+                .with_note("block comments do not nest: the inner `/*` is part of the comment, and its `*/` ends it"),
+            None => d,
+        };
         match tok {
             Tok::Punct("*") if end.starts_with('/') => d.with_note(
                 "this `*/` closes no comment: block comments do not nest, the first `*/` ends them",
             ),
             _ => d,
         }
+    }
+}
+
+/// Adds "did you mean" with `alias` (what another spelling is known to mean) or the closest
+/// candidate; when there is neither, adds `list`, the note naming every valid choice.
+pub(super) fn did_you_mean<'c>(
+    d: Diagnostic,
+    wrong: &str,
+    alias: Option<&str>,
+    candidates: impl IntoIterator<Item = &'c str>,
+    list: &str,
+) -> Diagnostic {
+    match alias.or_else(|| crate::lang::suggest::closest(wrong, candidates)) {
+        Some(best) => d.with_note(format!("did you mean `{best}`?")),
+        None => d.with_note(list),
     }
 }
 
@@ -144,21 +188,44 @@ fn shorten(w: &str) -> String {
     }
 }
 
-/// What a stray character was probably meant to be.
-fn char_hint(c: char) -> Option<&'static str> {
+/// What a stray character was probably meant to be: how many more bytes after it belong to
+/// the mistake (`&&`), a label and a hint.
+fn stray_char(c: char, after: &str) -> Option<(usize, &'static str, &'static str)> {
     Some(match c {
-        '&' => "use `and` to combine conditions",
-        '!' => "use `not` to negate a condition, `!=` to compare",
-        ';' => "clauses and fields end without `;`; remove it",
-        '\'' => "strings are written in double quotes: \"text\"",
-        '#' => "comments start with `//`",
-        '[' | ']' => "tern has no lists or indexing",
-        '$' => "names are written without `$`",
-        '`' => "names are written without backticks",
-        _ if !c.is_ascii() && c.is_alphabetic() => {
-            "names are made of ASCII letters, digits and `_`"
-        }
-        _ if c.is_whitespace() => "only spaces, tabs and newlines separate tokens",
+        '&' => (
+            usize::from(after.starts_with('&')),
+            "not an operator",
+            "use `and` to combine conditions",
+        ),
+        '!' => (
+            0,
+            "not an operator",
+            "use `not` to negate a condition, `!=` to compare",
+        ),
+        ';' => (
+            0,
+            "not needed",
+            "clauses and fields end without `;`; remove it",
+        ),
+        '\'' => (
+            0,
+            "not a quote",
+            "strings are written in double quotes: \"text\"",
+        ),
+        '#' => (0, "not a comment", "comments start with `//`"),
+        '[' | ']' => (0, "not allowed here", "tern has no lists or indexing"),
+        '$' => (0, "not allowed here", "names are written without `$`"),
+        '`' => (0, "not allowed here", "names are written without backticks"),
+        _ if !c.is_ascii() && c.is_alphabetic() => (
+            0,
+            "not allowed in a name",
+            "names are made of ASCII letters, digits and `_`",
+        ),
+        _ if c.is_whitespace() || c == '\u{feff}' => (
+            0,
+            "invisible character",
+            "only spaces, tabs and newlines separate tokens; delete this character",
+        ),
         _ => return None,
     })
 }

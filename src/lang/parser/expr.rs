@@ -357,6 +357,16 @@ impl<'a> Cx<'a> {
             let call = self.peek(rest);
             if call.is_punct("(") {
                 let base = self.text(e.span);
+                let base = if base.len() <= 30 && !base.contains('\n') {
+                    base
+                } else {
+                    "x"
+                };
+                let more = if self.peek(call.after).is_punct(")") {
+                    ""
+                } else {
+                    ", ..."
+                };
                 let d = self
                     .error(
                         Code::E101,
@@ -364,11 +374,10 @@ impl<'a> Cx<'a> {
                         field.span.to(self.peek_span(&call)),
                         "this calls a method",
                     )
-                    .with_note(if base.len() <= 30 && !base.contains('\n') {
-                        format!("call a function instead: `{}({base}, ...)`", field.node)
-                    } else {
-                        format!("call a function instead: `{}(x, ...)`", field.node)
-                    });
+                    .with_note(format!(
+                        "call a function instead: `{}({base}{more})`",
+                        field.node
+                    ));
                 return self.fail(call.at, d);
             }
             let span = e.span.to(field.span);

@@ -1,7 +1,7 @@
 //! Files and items: imports, stream declarations, aggregates and rules with their clauses,
 //! and the recovery that lets one file report several mistakes.
 
-use super::error::describe;
+use super::error::{describe, did_you_mean};
 use super::lex::{CLAUSE_KEYWORDS, ITEM_KEYWORDS, Peek, Tok, is_reserved, token};
 use super::{Cx, PResult};
 use crate::lang::ast::{
@@ -39,7 +39,19 @@ impl<'a> Cx<'a> {
                     }
                     Err(e) => {
                         let at = self.report_failure(e);
-                        i = self.recover_item(at, next.after);
+                        // An item keyword in the middle of a line, right where the item
+                        // failed, belongs to the broken item (`import "x" as rule`).
+                        let fail_tok = self.peek(at);
+                        let min = match fail_tok.tok {
+                            Tok::Word(w)
+                                if ITEM_KEYWORDS.contains(&w)
+                                    && !self.first_on_line(fail_tok.at) =>
+                            {
+                                fail_tok.after
+                            }
+                            _ => next.after,
+                        };
+                        i = self.recover_item(at, min);
                     }
                 },
                 _ => {
@@ -80,9 +92,12 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// Skips what is left of a failed clause or member of a body that started at `from` and
-    /// failed at `fail_at`: stops at the body's closing brace, at one of `strong` at brace
-    /// depth 0, at one of `weak` that starts a line, or at an item keyword.
+    /// Skips what is left of a failed clause of a body that started at `from` and failed at
+    /// `fail_at`. Stops at the body's closing brace; at one of `strong` outside any bracket
+    /// (or starting a line); at one of `weak` starting a line; at a word starting a line that
+    /// looks like a misspelt keyword (so `skipp` gets its own diagnostic); or at an item
+    /// keyword. Brackets left open by the failed clause are closed by the next `}` that
+    /// closes something opened before them, as an author would read the text.
     fn recover_body(
         &self,
         from: &'a str,
@@ -91,7 +106,7 @@ impl<'a> Cx<'a> {
         weak: &[&str],
     ) -> &'a str {
         let fail = self.off(fail_at).max(self.off(from) + 1);
-        let mut depth = 0u32;
+        let mut open: Vec<bool> = Vec::new(); // true for `{`, false for `(`
         let mut i = from;
         loop {
             let at = self.skip_ws_lenient(i);
@@ -100,11 +115,16 @@ impl<'a> Cx<'a> {
                 return at;
             }
             if self.off(at) >= fail {
+                let line_start = self.first_on_line(at);
                 let stop = match tok {
                     Tok::Word(w) if ITEM_KEYWORDS.contains(&w) => true,
-                    Tok::Word(w) if strong.contains(&w) => depth == 0 || self.first_on_line(at),
-                    Tok::Word(w) if weak.contains(&w) => self.first_on_line(at),
-                    Tok::Punct("}") => depth == 0,
+                    Tok::Word(w) if strong.contains(&w) => open.is_empty() || line_start,
+                    Tok::Word(w) if weak.contains(&w) => line_start,
+                    Tok::Word(w) if line_start && open.is_empty() && !is_reserved(w) => {
+                        let keywords = strong.iter().chain(weak).copied();
+                        crate::lang::suggest::closest(w, keywords).is_some()
+                    }
+                    Tok::Punct("}") => !open.contains(&true),
                     _ => false,
                 };
                 if stop {
@@ -112,20 +132,27 @@ impl<'a> Cx<'a> {
                 }
             }
             match tok {
-                Tok::Punct("{" | "(") => depth += 1,
-                Tok::Punct("}" | ")") => depth = depth.saturating_sub(1),
+                Tok::Punct("{") => open.push(true),
+                Tok::Punct("(") => open.push(false),
+                Tok::Punct(")") if open.last() == Some(&false) => {
+                    open.pop();
+                }
+                Tok::Punct("}") => {
+                    while let Some(brace) = open.pop() {
+                        if brace {
+                            break;
+                        }
+                    }
+                }
                 _ => {}
             }
             i = after;
         }
     }
 
-    /// E109 for a body whose `}` never came; not reported when an unterminated comment
-    /// swallowed it.
+    /// E109 for a body whose `}` never came.
     fn report_unclosed_body(&self, at: &'a str, open: Span) {
-        if !self.swallowed.get() {
-            self.report(self.unclosed(at, "`}`", open, "{"));
-        }
+        self.report(self.unclosed(at, "`}`", open, "{"));
     }
 
     /// `item = stream_decl | aggregate_decl | rule | import`, from its keyword.
@@ -152,8 +179,19 @@ impl<'a> Cx<'a> {
         let (r, path) = self.parse_string(next.at);
         let (r, alias) = match self.eat_word(r, "as") {
             Some((r, _)) => {
-                let (r, alias) = self.parse_name(r, "a module name after `as`", &[])?;
-                (r, Some(alias))
+                let next = self.peek(r);
+                match next.tok {
+                    // A keyword on the same line is meant as the alias.
+                    Tok::Word(w) if is_reserved(w) && !self.first_on_line(next.at) => {
+                        let span = self.peek_span(&next);
+                        self.report(self.reserved_as_name(w, span, "a module name"));
+                        (next.after, Some(Spanned::new(span, w.to_string())))
+                    }
+                    _ => {
+                        let (r, alias) = self.parse_name(r, "a module name after `as`", &[])?;
+                        (r, Some(alias))
+                    }
+                }
             }
             None => (r, None),
         };
@@ -228,6 +266,7 @@ impl<'a> Cx<'a> {
             match tok {
                 Tok::Word(w) if ITEM_KEYWORDS.contains(&w) => return at,
                 Tok::Punct("{" | "(") => depth += 1,
+                Tok::Punct("}") if depth == 0 => return at,
                 Tok::Punct("}" | ")") => depth = depth.saturating_sub(1),
                 _ => {}
             }
@@ -292,15 +331,19 @@ impl<'a> Cx<'a> {
                     decl.fields.extend(field);
                     return Ok(r);
                 }
-                let d = self
-                    .error(
-                        Code::E117,
-                        format!("unknown stream option `{w}`"),
-                        span,
-                        "not a stream option",
-                    )
-                    .with_suggestion(w, STREAM_OPTIONS.iter().copied())
-                    .with_note("a stream declares fields (`name: type`) and the options `time FIELD`, `lateness DURATION` and `idle DURATION`");
+                let d = self.error(
+                    Code::E117,
+                    format!("unknown stream option `{w}`"),
+                    span,
+                    "not a stream option",
+                );
+                let d = did_you_mean(
+                    d,
+                    w,
+                    option_alias(w),
+                    STREAM_OPTIONS.iter().copied(),
+                    "a stream declares fields (`name: type`) and the options `time FIELD`, `lateness DURATION` and `idle DURATION`",
+                );
                 Err(nom::Err::Failure(super::error::PError::diag(next.after, d)))
             }
         }
@@ -348,11 +391,11 @@ impl<'a> Cx<'a> {
                 ty_span,
                 "not a type",
             );
-            let d = match type_alias(t) {
-                Some(meant) => d.with_note(format!("did you mean `{meant}`?")),
-                None => d.with_suggestion(t, TypeName::ALL.iter().map(|t| t.as_str())),
-            };
-            self.report(d.with_note(
+            self.report(did_you_mean(
+                d,
+                t,
+                type_alias(t),
+                TypeName::ALL.iter().map(|t| t.as_str()),
                 "types are `bool`, `int`, `float`, `string`, `timestamp` and `duration`; add `?` for a field that may be null",
             ));
             return Ok((r, None));
@@ -411,15 +454,19 @@ impl<'a> Cx<'a> {
                     self.parse_aggregate_clause(next, w, &mut decl)
                 }
                 Tok::Word(w) if !is_reserved(w) => {
-                    let d = self
-                        .error(
-                            Code::E110,
-                            format!("unknown clause `{w}` in an aggregate"),
-                            self.peek_span(&next),
-                            "not an aggregate clause",
-                        )
-                        .with_suggestion(w, AGGREGATE_CLAUSES.iter().copied())
-                        .with_note("an aggregate has the clauses `key`, `window` and `select`");
+                    let d = self.error(
+                        Code::E110,
+                        format!("unknown clause `{w}` in an aggregate"),
+                        self.peek_span(&next),
+                        "not an aggregate clause",
+                    );
+                    let d = did_you_mean(
+                        d,
+                        w,
+                        None,
+                        AGGREGATE_CLAUSES.iter().copied(),
+                        "an aggregate has the clauses `key`, `window` and `select`",
+                    );
                     self.fail(next.after, d)
                 }
                 _ => self.fail(
@@ -578,7 +625,7 @@ impl<'a> Cx<'a> {
                 if last_was_match {
                     candidates.extend(["where", "until"]);
                 }
-                d.with_suggestion(w, candidates).with_note(clauses)
+                did_you_mean(d, w, None, candidates, clauses)
             }
             Tok::Word(w) => {
                 let d = self.unexpected(next.at, "a clause or `}`");
@@ -646,9 +693,17 @@ impl<'a> Cx<'a> {
             _ => {
                 let timeout = self.peek(kw.after);
                 if !timeout.is_word("timeout") {
-                    let d = self
-                        .unexpected(kw.after, "`timeout` after `on`")
-                        .with_note("write `on timeout emit name { ... }`");
+                    let d = self.unexpected(kw.after, "`timeout` after `on`");
+                    let d = match timeout.tok {
+                        Tok::Word(w) => did_you_mean(
+                            d,
+                            w,
+                            None,
+                            ["timeout"],
+                            "write `on timeout emit name { ... }`",
+                        ),
+                        _ => d.with_note("write `on timeout emit name { ... }`"),
+                    };
                     return self.fail(kw.after, d);
                 }
                 let (r, _) =
@@ -679,7 +734,7 @@ impl<'a> Cx<'a> {
         let (mut i, first) = self.parse_name(i, what, &[])?;
         let mut names = vec![first];
         loop {
-            if let Some((r, _)) = self.eat_punct(i, ",") {
+            if let Some((r, comma)) = self.eat_punct(i, ",") {
                 match self.ident(r) {
                     Some((r, name)) => {
                         names.push(name);
@@ -687,7 +742,10 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     None => {
-                        let d = self.unexpected(r, "a name after `,`");
+                        let noun = what.split(" after ").next().unwrap_or(what);
+                        let d = self
+                            .unexpected(r, &format!("{noun} after `,`"))
+                            .with_secondary(self.file, comma, "this `,` needs a name after it");
                         let d = match self.peek(r).tok {
                             Tok::Word(w) if is_reserved(w) => {
                                 d.with_note("remove the trailing `,`")
@@ -734,14 +792,13 @@ impl<'a> Cx<'a> {
                 span,
                 "not a skip strategy",
             );
-            let d = match skip_alias(written) {
-                Some(meant) => d.with_note(format!("did you mean `{meant}`?")),
-                None => d.with_suggestion(
-                    &written.replace('_', " "),
-                    ["none", "to next", "past last", "to first", "to last"],
-                ),
-            };
-            d.with_note(strategies)
+            did_you_mean(
+                d,
+                &written.replace('_', " "),
+                skip_alias(written),
+                ["none", "to next", "past last", "to first", "to last"],
+                strategies,
+            )
         };
         match first.tok {
             Tok::Word("none") => Ok((first.after, Spanned::new(first_span, SkipStrategy::None))),
@@ -889,6 +946,7 @@ impl<'a> Cx<'a> {
                 return self.fail(next.after, d);
             };
             let (r, value) = self.parse_expr(r, &format!("`{w}:`"))?;
+            let value_end = value.span.end as usize;
             fields.push(EmitField { name, value });
             let sep = self.peek(r);
             if sep.is_punct(",") {
@@ -896,16 +954,20 @@ impl<'a> Cx<'a> {
             } else if sep.is_punct("}") {
                 i = r;
             } else if matches!(sep.tok, Tok::Word(_)) && self.peek(sep.after).is_punct(":") {
-                // A missing comma before the next field.
-                self.report(
-                    self.error(
-                        Code::E101,
-                        format!("expected `,` between fields, found {}", describe(sep.tok)),
-                        self.peek_span(&sep),
-                        "expected `,` before this field",
-                    )
-                    .with_note("separate fields with `,`"),
-                );
+                // A missing comma before the next field, unless an unterminated string
+                // swallowed it (that is reported already).
+                let swallowed = self.unterminated_string_end.get() == Some(value_end);
+                if !swallowed {
+                    self.report(
+                        self.error(
+                            Code::E101,
+                            format!("expected `,` between fields, found {}", describe(sep.tok)),
+                            self.peek_span(&sep),
+                            "expected `,` before this field",
+                        )
+                        .with_note("separate fields with `,`"),
+                    );
+                }
                 i = r;
             } else {
                 return self.fail(
@@ -931,6 +993,18 @@ fn type_alias(word: &str) -> Option<&'static str> {
         "str" | "text" | "varchar" => "string",
         "datetime" | "date" | "time" | "instant" => "timestamp",
         "interval" | "period" => "duration",
+        _ => return None,
+    })
+}
+
+/// The stream option another name means.
+fn option_alias(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "latency" | "delay" | "out_of_order" | "out_of_orderness" | "watermark" | "late" => {
+            "lateness"
+        }
+        "timestamp" | "event_time" | "time_field" | "timefield" => "time",
+        "timeout" | "idle_timeout" | "idleness" => "idle",
         _ => return None,
     })
 }

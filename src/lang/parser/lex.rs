@@ -100,7 +100,11 @@ pub(super) fn token(i: &str) -> (Tok<'_>, &str) {
         return (Tok::Str, &i[string_len(i)..]);
     }
     if c == '@' {
-        return (Tok::Time, &i[1 + timestamp_len(&i[1..])..]);
+        let body = match timestamp_len(&i[1..]) {
+            0 => word_len(&i[1..]),
+            n => n,
+        };
+        return (Tok::Time, &i[1 + body..]);
     }
     for p in PUNCT {
         if let Some(rest) = i.strip_prefix(p) {
@@ -260,7 +264,18 @@ impl<'a> Cx<'a> {
             }
             if let Some(body) = rest.strip_prefix("/*") {
                 match take_until::<_, _, PError<'a>>("*/").parse(body) {
-                    Ok((r, _)) => i = &r[2..],
+                    Ok((r, inside)) => {
+                        i = &r[2..];
+                        if report && inside.contains("/*") {
+                            let span = self.span(rest, i);
+                            // Comments are met in order (peeks only look ahead), so the
+                            // list stays sorted and a comment seen again is the last one.
+                            let mut nested = self.nested_comments.borrow_mut();
+                            if nested.last().is_none_or(|last| last.start < span.start) {
+                                nested.push(span);
+                            }
+                        }
+                    }
                     Err(_) => {
                         let end = &rest[rest.len()..];
                         if report {
@@ -373,6 +388,7 @@ impl<'a> Cx<'a> {
         span: Span,
         what: &str,
     ) -> crate::lang::Diagnostic {
+        let what = what.split(" after ").next().unwrap_or(what);
         self.error(
             Code::E108,
             format!("reserved word `{word}` used as {what}"),
@@ -667,6 +683,7 @@ impl<'a> Cx<'a> {
                 '\n' => {
                     let end = if i[..n].ends_with('\r') { n - 1 } else { n };
                     self.report(unterminated(end, false));
+                    self.unterminated_string_end.set(Some(start + end));
                     return (&i[n..], Spanned::new(Span::new(start, start + end), out));
                 }
                 '\\' => {
@@ -714,6 +731,7 @@ impl<'a> Cx<'a> {
             }
         }
         self.report(unterminated(i.len(), true));
+        self.swallowed.set(true);
         (
             &i[i.len()..],
             Spanned::new(Span::new(start, start + i.len()), out),
@@ -800,12 +818,14 @@ impl<'a> Cx<'a> {
         }
         let span = self.span(i, rest);
         if body.is_empty() {
+            let rest = &i[1 + word_len(&i[1..])..];
+            let span = self.span(i, rest);
             self.report(
                 self.error(
                     Code::E107,
                     "expected a timestamp after `@`",
                     span,
-                    "a timestamp goes here",
+                    "not a timestamp",
                 )
                 .with_note(example),
             );
@@ -838,7 +858,14 @@ impl<'a> Cx<'a> {
                 {
                     "missing the UTC offset (`Z` for UTC)".to_string()
                 } else {
-                    e.to_string()
+                    use chrono::format::ParseErrorKind;
+                    match e.kind() {
+                        ParseErrorKind::OutOfRange => "a date or time field is out of range",
+                        ParseErrorKind::TooShort => "this timestamp is incomplete",
+                        ParseErrorKind::TooLong => "unexpected characters at the end",
+                        _ => "not an RFC 3339 timestamp",
+                    }
+                    .to_string()
                 };
                 self.report(
                     self.error(Code::E107, "invalid timestamp", span, label)
@@ -847,13 +874,6 @@ impl<'a> Cx<'a> {
                 (rest, 0, span)
             }
         }
-    }
-
-    /// True when only whitespace precedes `at` on its line.
-    pub(super) fn first_on_line(&self, at: &'a str) -> bool {
-        let before = &self.src[..self.off(at)];
-        let line = before.rfind('\n').map_or(before, |n| &before[n + 1..]);
-        line.chars().all(|c| c == ' ' || c == '\t' || c == '\r')
     }
 }
 

@@ -44,6 +44,10 @@ pub const MAX_NESTING: u32 = 64;
 /// (`a + b + c` is two levels deep).
 pub const MAX_EXPR_DEPTH: u32 = 256;
 
+/// How many diagnostics one file reports at most: past this, the first ones are what
+/// matters and the rest is mostly noise that makes output slow to render and to read.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
 /// What every parser returns: the rest of the input and a value, or why it failed.
 type PResult<'a, T> = nom::IResult<&'a str, T, PError<'a>>;
 
@@ -52,9 +56,28 @@ type PResult<'a, T> = nom::IResult<&'a str, T, PError<'a>>;
 pub fn parse(file: FileId, src: &str) -> (ast::File, Vec<Diagnostic>) {
     let cx = Cx::new(file, src);
     let items = cx.parse_file();
+    let swallowed = cx.swallowed.get();
     let mut diagnostics = cx.diags.into_inner();
+    if swallowed {
+        // The closing delimiters are inside the comment or string that ran to the end of
+        // the file; that one is reported already.
+        diagnostics.retain(|d| {
+            d.code != Code::E109
+                || d.primary()
+                    .is_none_or(|l| (l.span.start as usize) < src.len())
+        });
+    }
     diagnostics.sort_by_key(|d| d.primary().map(|l| l.span.start));
     diagnostics.dedup();
+    if diagnostics.len() > MAX_DIAGNOSTICS {
+        let hidden = diagnostics.len() - MAX_DIAGNOSTICS;
+        diagnostics.truncate(MAX_DIAGNOSTICS);
+        if let Some(last) = diagnostics.pop() {
+            diagnostics.push(last.with_note(format!(
+                "{hidden} more problems in this file are not shown; fix these first"
+            )));
+        }
+    }
     (ast::File { items }, diagnostics)
 }
 
@@ -65,20 +88,52 @@ struct Cx<'a> {
     file: FileId,
     diags: RefCell<Vec<Diagnostic>>,
     depth: Cell<u32>,
-    /// Set when an unterminated block comment swallowed the rest of the file: the unclosed
-    /// braces that follows from it are not worth a second diagnostic.
+    /// Set when an unterminated block comment or string swallowed the rest of the file: the
+    /// unclosed delimiters that follow from it are not worth a second diagnostic.
     swallowed: Cell<bool>,
+    /// Block comments with a `/*` inside: a likely cause of errors right after them.
+    nested_comments: RefCell<Vec<Span>>,
+    /// End of the last string that ran to the end of its line: a missing `,` or `}` after it
+    /// was swallowed by it, and is not reported again.
+    unterminated_string_end: Cell<Option<usize>>,
+    /// Byte offset where each line starts.
+    line_starts: Vec<usize>,
+    /// Byte offset of each line's first character that is not a space or tab.
+    line_firsts: Vec<usize>,
 }
 
 impl<'a> Cx<'a> {
     fn new(file: FileId, src: &'a str) -> Cx<'a> {
+        let mut line_starts = vec![0];
+        line_starts.extend(src.match_indices('\n').map(|(n, _)| n + 1));
+        let line_firsts = line_starts
+            .iter()
+            .map(|&start| {
+                let line = &src[start..];
+                start + (line.len() - line.trim_start_matches([' ', '\t', '\r']).len())
+            })
+            .collect();
         Cx {
             src,
             file,
             diags: RefCell::new(Vec::new()),
             depth: Cell::new(0),
             swallowed: Cell::new(false),
+            nested_comments: RefCell::new(Vec::new()),
+            unterminated_string_end: Cell::new(None),
+            line_starts,
+            line_firsts,
         }
+    }
+
+    /// True when only spaces and tabs precede `at` on its line.
+    fn first_on_line(&self, at: &'a str) -> bool {
+        let off = self.off(at);
+        let line = self
+            .line_starts
+            .partition_point(|&s| s <= off)
+            .saturating_sub(1);
+        self.line_firsts.get(line) == Some(&off)
     }
 
     /// Byte offset of a suffix of the source.
