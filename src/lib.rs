@@ -14,13 +14,18 @@
 //! - [`compile`]: AST to checked rules: name resolution and types against streams and devices.
 //! - [`engine`]: per-key NFA evaluation in event time: runs, shared buffer, timers, windows.
 //! - [`devices`]: device profiles (`devices/*.toml`): the streams they declare.
-//! - [`io`]: the world outside the engine: recorded input for replay.
+//! - [`io`]: the world outside the engine: recorded input for replay, the MQTT source, the
+//!   live pipeline, alert sinks and the dead-letter sink.
+//! - [`sim`]: simulated device fleets and the reproducible benchmark workload.
+//! - [`config`]: `tern.toml`: broker, sinks, dead letters, logging (validated, with diagnostics).
 //! - [`cli`]: one module per subcommand.
 
 pub mod cli;
 pub mod compile;
+pub mod config;
 pub mod devices;
 pub mod engine;
 pub mod event;
 pub mod io;
 pub mod lang;
+pub mod sim;

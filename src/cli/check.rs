@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
-use crate::compile::{self, DEFAULT_SINKS};
+use crate::compile;
+use crate::config::Config;
 use crate::lang::render;
 
 /// Diagnostic output format.
@@ -39,27 +39,34 @@ pub struct CheckArgs {
     pub deny_warnings: bool,
 }
 
-/// Sink names from a tern.toml, or the built-in defaults when there is none.
+/// Sink names from a tern.toml (`config`, else ./tern.toml if present), or the built-in
+/// defaults when there is none. A configuration with errors is an error showing them.
 pub fn sink_names(config: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    let path = match config {
-        Some(p) => p.to_path_buf(),
-        None if Path::new("tern.toml").is_file() => PathBuf::from("tern.toml"),
-        None => return Ok(DEFAULT_SINKS.iter().map(|s| s.to_string()).collect()),
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let mut names: Vec<String> = DEFAULT_SINKS.iter().map(|s| s.to_string()).collect();
-    if let Some(sinks) = table.get("sinks").and_then(|s| s.as_table()) {
-        names.extend(sinks.keys().cloned());
-    }
-    Ok(names)
+    let (config, _) = Config::discover(config)?;
+    Ok(config.sink_names())
 }
 
 /// Runs `tern check`.
 pub fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
-    let sinks = sink_names(args.config.as_deref())?;
+    let sinks = match Config::discover(args.config.as_deref()) {
+        Ok((config, _)) => config.sink_names(),
+        Err(e) => {
+            match args.format {
+                Format::Json => {
+                    let out: Vec<_> = e
+                        .diagnostics
+                        .iter()
+                        .map(|d| render::to_json(&e.sources, d))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                Format::Text => {
+                    render::to_stderr(&e.sources, &e.diagnostics, std::io::stderr().is_terminal())
+                }
+            }
+            return Ok(Outcome::Rejected);
+        }
+    };
     let devices = args.devices.is_dir().then_some(args.devices.as_path());
     let loaded = compile::load(&args.paths, devices, &sinks)?;
     let rejected = loaded.has_errors() || (args.deny_warnings && !loaded.diagnostics.is_empty());

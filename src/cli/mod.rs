@@ -2,8 +2,12 @@
 //! (0 success, 1 the input was rejected, 2 usage or I/O error), as product.md section 5 says.
 
 pub mod check;
+pub mod demo;
 pub mod explain;
+pub mod record;
 pub mod replay;
+pub mod run;
+pub mod simulate;
 
 use std::process::ExitCode;
 
@@ -27,6 +31,14 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Print a rule's compiled NFA as text or Graphviz DOT.
     Explain(explain::ExplainArgs),
+    /// Run the live engine: MQTT in, alerts out, until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Simulate devices: a reproducible workload file, or a live fleet published to a broker.
+    Simulate(simulate::SimulateArgs),
+    /// Capture a broker's messages in the replay capture format.
+    Record(record::RecordArgs),
+    /// Embedded broker, simulated devices, the bundled rules: alerts as they fire.
+    Demo(demo::DemoArgs),
 }
 
 /// How a command ended.
@@ -73,6 +85,10 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(outcome) => outcome,

@@ -28,7 +28,11 @@ use window::AggRuntime;
 
 /// An event that arrived behind its stream's watermark.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("late event: time {time} is not after the watermark {watermark} of stream `{stream}`")]
+#[error(
+    "late event: time {} is not after the watermark {} of stream `{stream}`",
+    alert::rfc3339(*.time),
+    alert::rfc3339(*.watermark)
+)]
 pub struct Late {
     /// Stream name.
     pub stream: String,

@@ -1,0 +1,272 @@
+//! `tern demo`: the first thing to run. An embedded MQTT broker, a simulated city and fab
+//! publishing to it, the bundled `rules/` and `devices/`, and the live pipeline in-process;
+//! every alert is printed as it fires, one readable line each (coloured on a terminal).
+//!
+//! The simulator's opening is scripted so that the bundled rules fire early: a traffic jam
+//! within seconds, a gateway and a camera that go quiet, a loop-detector jam, a furnace
+//! drift, then (after 75 to 90 simulated minutes) a yield drop. Simulated time runs ten
+//! times faster than the clock by default: the wafer stream allows 30 s of out-of-orderness,
+//! which holds every stream's event time back by as much (time advances as the minimum over
+//! streams), and the yield rule needs an hour of quarter-hour windows.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::Outcome;
+use super::simulate::{cancel_on_signal, parse_duration, wall_now_ms};
+use crate::config::{BrokerConfig, Config, LoggingConfig};
+use crate::io::pipeline::{Pipeline, StartError, Summary};
+use crate::lang::render;
+use crate::lang::source::Sources;
+use crate::sim::device::Kind;
+use crate::sim::fleet::{Fleet, FleetConfig, FleetStats};
+use crate::sim::publish::{Broker, Pace, PublishReport, publish};
+
+/// Arguments of `tern demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Port of the embedded MQTT broker on 127.0.0.1 (default: a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Simulated time runs this many times faster than the clock (1: real time).
+    #[arg(long, default_value_t = 10.0)]
+    pub speed: f64,
+    /// Random seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Rule files or directories.
+    #[arg(long, default_value = "rules")]
+    pub rules: Vec<PathBuf>,
+    /// Directory of device profiles.
+    #[arg(long, default_value = "devices")]
+    pub devices: PathBuf,
+    /// Stop after this long (`30s`, `5m`); default: until interrupted.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+/// Runs `tern demo`.
+pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
+    // Alerts go to stdout; keep stderr for the banner, the summary and real problems. The
+    // broker library reports every client that disconnects as an error: not one here.
+    let level = std::env::var("TERN_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into());
+    super::run::init_logging(&LoggingConfig {
+        level,
+        ..LoggingConfig::default()
+    });
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be a positive number"
+    );
+    for dir in args.rules.iter().chain([&args.devices]) {
+        anyhow::ensure!(
+            dir.exists(),
+            "{} not found: run `tern demo` from the tern repository (it uses the bundled \
+             rules/ and devices/), or pass --rules and --devices",
+            dir.display()
+        );
+    }
+    let duration = match &args.duration {
+        Some(d) => Some(parse_duration(d).context("--duration")?),
+        None => None,
+    };
+    let port = match args.port {
+        Some(p) => p,
+        None => TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("cannot find a free port for the broker")?,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    crate::io::mqtt::embedded::start(addr, 1 << 20)?;
+
+    let mut broker = BrokerConfig::local(addr);
+    broker.client_id = "tern-demo".into();
+    // Every demo starts afresh: no session to resume.
+    broker.clean_session = true;
+    let config = Config {
+        rules: args.rules.clone(),
+        devices: args.devices.clone(),
+        broker: Some(broker),
+        ..Config::default()
+    };
+    let color = std::io::stderr().is_terminal();
+    let pipeline = match Pipeline::prepare(config, &Sources::new()) {
+        Ok(p) => p,
+        Err(StartError::Rejected {
+            sources,
+            diagnostics,
+        }) => {
+            render::to_stderr(&sources, &diagnostics, color);
+            return Ok(Outcome::Rejected);
+        }
+        Err(StartError::Failed(e)) => return Err(e),
+    };
+    // Seam for the next release: a local webhook receiver, with the pipeline's webhook sink
+    // pointed at it (`Pipeline::prepare_with_sinks`), printing what it receives.
+    // Until then no sink is configured, so every alert goes to the stdout sink.
+
+    let mut fleet = Fleet::new(FleetConfig::demo(args.seed, wall_now_ms()));
+    banner(&pipeline, &fleet, addr, args.speed, color);
+    let pace = Pace {
+        speed: args.speed,
+        duration,
+        count: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tern-demo")
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let mut status = pipeline.status();
+        let engine = tokio::spawn(pipeline.run(shutdown.clone()));
+        // Publish only once tern listens: messages sent before it subscribed would be lost.
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            r = tokio::time::timeout(Duration::from_secs(15), status.wait_for(|s| s.subscribed)) => {
+                matches!(r, Ok(Ok(_)))
+            }
+        };
+        let published = if subscribed {
+            let sim = Broker {
+                host: addr.ip().to_string(),
+                port,
+            };
+            let r = publish(&mut fleet, &sim, "tern-demo-sim", &pace, shutdown.clone(), None).await;
+            shutdown.cancel();
+            Some(r)
+        } else {
+            shutdown.cancel();
+            None
+        };
+        let summary = engine.await.context("the pipeline task failed")?;
+        anyhow::Ok((published, summary))
+    });
+    runtime.shutdown_background();
+    let (published, summary) = outcome?;
+    let summary = summary?;
+    let published = match published {
+        Some(r) => r?,
+        None => anyhow::bail!("the pipeline did not subscribe to the embedded broker"),
+    };
+    report(&published, &summary);
+    Ok(Outcome::Ok)
+}
+
+fn banner(pipeline: &Pipeline, fleet: &Fleet, addr: SocketAddr, speed: f64, color: bool) {
+    let bold = |t: &str| {
+        if color {
+            format!("\x1b[1m{t}\x1b[0m")
+        } else {
+            t.to_owned()
+        }
+    };
+    let c = fleet.config();
+    // Rules on the simulated streams (directly or through an aggregate), and the others,
+    // which are written for the recorded data sets.
+    let program = pipeline.program();
+    let simulated = |id: crate::compile::hir::StreamId| {
+        let fed = |id| {
+            Kind::ALL
+                .iter()
+                .any(|k| program.stream(id).name == k.stream())
+        };
+        fed(id)
+            || program
+                .aggregates
+                .iter()
+                .any(|a| a.output == id && fed(a.source))
+    };
+    let (live, other): (Vec<_>, Vec<_>) = program
+        .rules
+        .iter()
+        .partition(|r| r.streams.iter().any(|s| simulated(*s)));
+    let names = |rules: &[&std::sync::Arc<crate::compile::hir::Rule>]| {
+        rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pace = if speed == 1.0 {
+        "in real time".to_string()
+    } else {
+        format!("with simulated time running {speed}x faster than the clock")
+    };
+    eprintln!("{}", bold("tern demo"));
+    eprintln!(
+        "  MQTT broker   {addr} (watch it: mosquitto_sub -h {} -p {} -t '#' -v)",
+        addr.ip(),
+        addr.port()
+    );
+    eprintln!(
+        "  simulating    {} traffic cameras, {} loop detectors, {} wafer inspection stations, \
+         {} furnaces, {} gateways sending heartbeats, {pace}",
+        c.cameras,
+        c.detectors,
+        c.lines * c.stations_per_line,
+        c.furnaces,
+        c.heartbeats
+    );
+    eprintln!("  rules         {}", names(&live));
+    if !other.is_empty() {
+        eprintln!(
+            "                (also loaded, for recorded data sets: {})",
+            names(&other)
+        );
+    }
+    // Simulated seconds until each alert can show: its event time plus the 30 s the wafer
+    // stream's lateness holds time back.
+    let wall = |sim_s: f64| (sim_s / speed).ceil();
+    eprintln!(
+        "  expect        a traffic jam in about {} s; a gateway and a camera going quiet, a \
+         loop-detector jam and a furnace drift within {} s; a yield drop after {}-{} minutes; \
+         now and then a malformed or late message, dead-lettered",
+        wall(35.0),
+        wall(110.0),
+        (wall(75.0 * 60.0) / 60.0).floor(),
+        (wall(90.0 * 60.0 + 30.0) / 60.0).ceil(),
+    );
+    eprintln!("  Ctrl-C stops. Alerts:");
+}
+
+fn report(published: &PublishReport, summary: &Summary) {
+    let s: &FleetStats = &published.fleet;
+    let bad: u64 = summary.engine.bad.values().sum();
+    let late = summary.engine.bad.get("late").copied().unwrap_or(0);
+    eprintln!();
+    eprintln!("tern demo: stopped");
+    eprintln!(
+        "  simulator     {} messages published; on purpose: {} malformed, {} late",
+        published.published,
+        s.malformed_total(),
+        s.late
+    );
+    eprintln!(
+        "  tern          {} messages, {} events, {} alerts; {} dead letters ({} late, {} \
+         undecodable: {})",
+        summary.engine.messages,
+        summary.engine.events,
+        summary.engine.alerts,
+        bad,
+        late,
+        bad - late,
+        summary
+            .engine
+            .bad
+            .iter()
+            .filter(|(r, _)| **r != "late")
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
