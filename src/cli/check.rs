@@ -1,7 +1,7 @@
 //! `tern check [PATH...]`: parse, type-check and compile rule files.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
@@ -37,13 +37,6 @@ pub struct CheckArgs {
     /// Treat warnings as errors.
     #[arg(long)]
     pub deny_warnings: bool,
-}
-
-/// Sink names from a tern.toml (`config`, else ./tern.toml if present), or the built-in
-/// defaults when there is none. A configuration with errors is an error showing them.
-pub fn sink_names(config: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    let (config, _) = Config::discover(config)?;
-    Ok(config.sink_names())
 }
 
 /// Runs `tern check`.

@@ -1,15 +1,12 @@
 //! `tern explain RULE`: the compiled NFA of a rule, as text or Graphviz DOT.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
-use super::check::sink_names;
-use crate::compile::{self, nfa};
-use crate::lang::render;
+use crate::compile::nfa;
 
 /// Output format of `tern explain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,18 +38,10 @@ pub struct ExplainArgs {
 
 /// Runs `tern explain`.
 pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
-    let sinks = sink_names(args.config.as_deref())?;
-    let devices = args.devices.is_dir().then_some(args.devices.as_path());
-    let paths: Vec<PathBuf> = args.rules.iter().map(PathBuf::from).collect();
-    let loaded = compile::load(&paths, devices, &sinks)?;
-    if loaded.has_errors() {
-        render::to_stderr(
-            &loaded.sources,
-            &loaded.diagnostics,
-            std::io::stderr().is_terminal(),
-        );
+    let Some(loaded) = super::load_rules(&args.rules, &args.devices, args.config.as_deref())?
+    else {
         return Ok(Outcome::Rejected);
-    }
+    };
     let program = &loaded.program;
     let Some(rule) = program.rule(&args.rule) else {
         let names: Vec<&str> = program.rules.iter().map(|r| r.name.as_str()).collect();

@@ -11,7 +11,14 @@ pub mod simulate;
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
+
+use crate::compile::{self, Loaded};
+use crate::config::Config;
+use crate::lang::render;
 
 /// tern: complex event processing and rules for IoT.
 #[derive(Debug, Parser)]
@@ -97,4 +104,30 @@ pub fn run(cli: Cli) -> Outcome {
             Outcome::Failed
         }
     }
+}
+
+/// Loads and checks rule files for a command that runs them (replay, explain). Problems in
+/// tern.toml or in the rules are rendered on stderr as diagnostics; `None` means the input
+/// was rejected (exit 1).
+pub fn load_rules(
+    rules: &[String],
+    devices: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<Option<Loaded>> {
+    let color = std::io::stderr().is_terminal();
+    let sinks = match Config::discover(config) {
+        Ok((config, _)) => config.sink_names(),
+        Err(e) => {
+            render::to_stderr(&e.sources, &e.diagnostics, color);
+            return Ok(None);
+        }
+    };
+    let devices = devices.is_dir().then_some(devices);
+    let paths: Vec<PathBuf> = rules.iter().map(PathBuf::from).collect();
+    let loaded = compile::load(&paths, devices, &sinks)?;
+    if loaded.has_errors() {
+        render::to_stderr(&loaded.sources, &loaded.diagnostics, color);
+        return Ok(None);
+    }
+    Ok(Some(loaded))
 }

@@ -1,6 +1,6 @@
 //! `tern replay`: evaluates rules over recorded events in event time; alerts as JSONL.
 
-use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,12 +9,9 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
-use super::check::sink_names;
-use crate::compile;
 use crate::engine::Engine;
 use crate::engine::alert::Alert;
 use crate::io::input::{self, BadLine, Record};
-use crate::lang::render;
 
 /// Input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,18 +61,11 @@ pub struct ReplayArgs {
 
 /// Runs `tern replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
-    let sinks = sink_names(args.config.as_deref())?;
-    let devices = args.devices.is_dir().then_some(args.devices.as_path());
-    let paths: Vec<PathBuf> = args.rules.iter().map(PathBuf::from).collect();
-    let loaded = compile::load(&paths, devices, &sinks)?;
-    if loaded.has_errors() {
-        render::to_stderr(
-            &loaded.sources,
-            &loaded.diagnostics,
-            std::io::stderr().is_terminal(),
-        );
+    let Some(loaded) = super::load_rules(&args.rules, &args.devices, args.config.as_deref())?
+    else {
         return Ok(Outcome::Rejected);
-    }
+    };
+    let profiles = loaded.profiles;
     let program = Arc::new(loaded.program);
     let mut engine = Engine::new(Arc::clone(&program))?;
     let default_stream = match &args.stream {
@@ -101,15 +91,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
                 None
             }
         }
-    };
-    let profiles = if args.format == InputFormat::Capture {
-        let mut sources = crate::lang::source::Sources::new();
-        let (profiles, _) = devices.map_or((Vec::new(), Vec::new()), |d| {
-            crate::devices::load_dir(d, &mut sources)
-        });
-        profiles
-    } else {
-        Vec::new()
     };
 
     let reader: Box<dyn BufRead> = if args.input == "-" {

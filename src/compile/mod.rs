@@ -28,6 +28,8 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// The rule files read.
     pub rule_files: Vec<FileId>,
+    /// The device profiles loaded (decoders for live and captured messages).
+    pub profiles: Vec<crate::devices::Profile>,
 }
 
 impl Loaded {
@@ -92,10 +94,12 @@ pub fn load(
     let mut sources = Sources::new();
     let mut diagnostics = Vec::new();
     let mut device_streams = Vec::new();
+    let mut profiles = Vec::new();
     if let Some(dir) = devices_dir {
-        let (profiles, diags) = crate::devices::load_dir(dir, &mut sources);
+        let (loaded, diags) = crate::devices::load_dir(dir, &mut sources);
         diagnostics.extend(diags);
-        device_streams.extend(profiles.iter().map(|p| p.schema().clone()));
+        device_streams.extend(loaded.iter().map(|p| p.schema().clone()));
+        profiles = loaded;
     }
     let mut files = Vec::new();
     let mut rule_files_read = Vec::new();
@@ -126,6 +130,7 @@ pub fn load(
         program,
         diagnostics,
         rule_files: rule_files_read,
+        profiles,
     })
 }
 
