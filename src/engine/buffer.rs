@@ -71,6 +71,10 @@ impl Buffer {
                 i
             }
             None => {
+                // Small buffers (most keys) grow one slot at a time; large ones double.
+                if self.entries.len() == self.entries.capacity() && self.entries.len() < 8 {
+                    self.entries.reserve_exact(1);
+                }
                 self.entries.push(entry);
                 (self.entries.len() - 1) as u32
             }

@@ -63,7 +63,8 @@ struct RuleRuntime {
     nfa: Nfa,
     /// Key field indices per input stream.
     key_fields: Vec<(StreamId, Vec<u16>)>,
-    keys: KeyMap<Slot>,
+    /// Boxed, so the map's buckets (sized for growth) stay small.
+    keys: KeyMap<Box<Slot>>,
     timers: BinaryHeap<Reverse<Timer>>,
     /// Insertion counter: orders timers with equal deadlines without comparing keys.
     timer_seq: u64,
@@ -400,10 +401,10 @@ impl Engine {
                     let key = KeyVal::of(&event, fields);
                     let slot = rt.keys.entry(key.clone()).or_insert_with(|| {
                         self.stats.keys += 1;
-                        Slot {
+                        Box::new(Slot {
                             state: KeyState::default(),
                             scheduled: None,
-                        }
+                        })
                     });
                     let before = slot.state.runs.len() as u64;
                     self.found.clear();
@@ -446,8 +447,8 @@ impl Engine {
     pub fn state_bytes(&self) -> usize {
         let mut total = 0;
         for r in &self.rules {
-            total += r.keys.capacity()
-                * (std::mem::size_of::<KeyVal>() + std::mem::size_of::<Slot>() + 8);
+            total += r.keys.capacity() * (std::mem::size_of::<KeyVal>() + 8 + 1)
+                + r.keys.len() * std::mem::size_of::<Slot>();
             for (k, slot) in &r.keys {
                 total += k.heap_bytes();
                 total += slot.state.runs.capacity() * std::mem::size_of::<run::Run>();

@@ -169,6 +169,8 @@ impl KeyState {
         survivors.extend(created);
         // The key keeps its own vector (sized by its own history, not by the busiest key's)
         // and the scratch vector goes back to the pool for the next key.
+        // Most keys hold one or two runs: size the vector exactly rather than by doubling.
+        runs.reserve_exact(survivors.len());
         runs.append(&mut survivors);
         if runs.capacity() > 4 * runs.len().max(1) {
             runs.shrink_to(2 * runs.len());
