@@ -307,11 +307,11 @@ impl Checker<'_> {
         let lateness = decl
             .lateness
             .as_ref()
-            .map_or(0, |d| d.node.millis * NANOS_PER_MILLI);
+            .map_or(0, |d| d.node.millis.saturating_mul(NANOS_PER_MILLI));
         let idle = decl
             .idle
             .as_ref()
-            .map_or(0, |d| d.node.millis * NANOS_PER_MILLI);
+            .map_or(0, |d| d.node.millis.saturating_mul(NANOS_PER_MILLI));
         if let Some(idle_d) = &decl.idle
             && idle_d.node.millis <= 0
         {
@@ -547,8 +547,8 @@ impl Checker<'_> {
             source,
             output,
             key,
-            size: size * NANOS_PER_MILLI,
-            every: every * NANOS_PER_MILLI,
+            size: size.saturating_mul(NANOS_PER_MILLI),
+            every: every.saturating_mul(NANOS_PER_MILLI),
             accumulators,
             select,
             origin: Origin {
@@ -815,7 +815,7 @@ impl Checker<'_> {
                     .with_note("a match needs time to happen: e.g. `within 5m`"),
                 );
             }
-            d.node.millis * NANOS_PER_MILLI
+            d.node.millis.saturating_mul(NANOS_PER_MILLI)
         });
         self.shape(file, rule, pattern, &node, &vars, within, c.on_timeout);
         let skip = match c.skip {
@@ -1301,7 +1301,7 @@ impl PatternChecker<'_, '_> {
                         "zero",
                     ));
                 }
-                d.node.millis * NANOS_PER_MILLI
+                d.node.millis.saturating_mul(NANOS_PER_MILLI)
             });
             let elem = self.element(e, bound);
             if let SeqElem::Not(_) = elem
