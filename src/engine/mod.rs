@@ -132,8 +132,10 @@ impl Ord for Buffered {
     }
 }
 
-/// The pattern engine for one loaded program.
-pub struct Engine {
+/// The streams that rules and aggregates tie together, with their own event time: a reorder
+/// buffer, watermarks and timers. Groups do not wait for each other, so a stream with a long
+/// `lateness` (or one that starts late) only delays the rules that read it.
+struct Group {
     program: Arc<Program>,
     rules: Vec<RuleRuntime>,
     aggregates: Vec<AggRuntime>,
@@ -151,17 +153,23 @@ pub struct Engine {
     stats: Stats,
 }
 
-impl Engine {
-    /// Compiles every rule of the program.
-    pub fn new(program: Arc<Program>) -> Result<Engine, CompileError> {
+impl Group {
+    /// Compiles the given rules and aggregates of the program (indices into it).
+    fn new(
+        program: Arc<Program>,
+        rule_ids: &[usize],
+        agg_ids: &[usize],
+    ) -> Result<Group, CompileError> {
         let mut rules = Vec::new();
         let mut consumers = vec![Vec::new(); program.streams.len()];
-        for (i, agg) in program.aggregates.iter().enumerate() {
+        for (i, &a) in agg_ids.iter().enumerate() {
+            let agg = &program.aggregates[a];
             if let Some(c) = consumers.get_mut(agg.source.0 as usize) {
                 c.push(Consumer::Aggregate(i));
             }
         }
-        for (i, rule) in program.rules.iter().enumerate() {
+        for (i, &r) in rule_ids.iter().enumerate() {
+            let rule = &program.rules[r];
             let nfa = nfa::compile(Arc::clone(rule))?;
             let mut key_fields = Vec::new();
             for (s, stream) in rule.streams.iter().enumerate() {
@@ -178,12 +186,11 @@ impl Engine {
                 timer_seq: 0,
             });
         }
-        let aggregates = program
-            .aggregates
+        let aggregates = agg_ids
             .iter()
-            .map(|a| AggRuntime::new(a.clone()))
+            .map(|&a| AggRuntime::new(program.aggregates[a].clone()))
             .collect();
-        Ok(Engine {
+        Ok(Group {
             max_seen: vec![None; program.streams.len()],
             program,
             rules,
@@ -199,13 +206,8 @@ impl Engine {
         })
     }
 
-    /// The program being run.
-    pub fn program(&self) -> &Arc<Program> {
-        &self.program
-    }
-
     /// Counters so far.
-    pub fn stats(&self) -> Stats {
+    fn stats(&self) -> Stats {
         self.stats
     }
 
@@ -281,12 +283,6 @@ impl Engine {
     pub fn advance_to(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) {
         self.forced = self.forced.max(time);
         self.release(time, out);
-    }
-
-    /// End of input: releases everything and advances time to the end, so pending absences
-    /// and timeouts fire.
-    pub fn flush(&mut self, out: &mut dyn FnMut(Alert)) {
-        self.advance_to(Nanos::MAX, out);
     }
 
     /// Releases buffered events with time `<= up_to` in order, firing timers between them.
@@ -466,6 +462,173 @@ impl Engine {
             }
         }
         total
+    }
+}
+
+/// The pattern engine for one loaded program: independent [`Group`]s of streams, each in its
+/// own event time.
+pub struct Engine {
+    program: Arc<Program>,
+    groups: Vec<Group>,
+    /// The group each stream belongs to.
+    group_of: Vec<usize>,
+    /// Streams of each group.
+    members: Vec<Vec<StreamId>>,
+}
+
+impl Engine {
+    /// Compiles every rule of the program and groups streams: two streams share a group when
+    /// a rule reads both, or one is an aggregate of the other.
+    pub fn new(program: Arc<Program>) -> Result<Engine, CompileError> {
+        let n = program.streams.len();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut union = |a: usize, b: usize| {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            if ra != rb {
+                parent[ra.max(rb)] = ra.min(rb);
+            }
+        };
+        for a in &program.aggregates {
+            union(a.source.0 as usize, a.output.0 as usize);
+        }
+        for r in &program.rules {
+            for w in r.streams.windows(2) {
+                union(w[0].0 as usize, w[1].0 as usize);
+            }
+        }
+        let mut roots: Vec<usize> = Vec::new();
+        let mut group_of = vec![0; n];
+        for (i, g) in group_of.iter_mut().enumerate() {
+            let r = root(&mut parent, i);
+            *g = match roots.iter().position(|&x| x == r) {
+                Some(p) => p,
+                None => {
+                    roots.push(r);
+                    roots.len() - 1
+                }
+            };
+        }
+        let mut groups = Vec::with_capacity(roots.len());
+        let mut members = vec![Vec::new(); roots.len()];
+        for (i, &g) in group_of.iter().enumerate() {
+            members[g].push(StreamId(i as u32));
+        }
+        for g in 0..roots.len() {
+            let in_group = |s: StreamId| group_of.get(s.0 as usize) == Some(&g);
+            let rules: Vec<usize> = (0..program.rules.len())
+                .filter(|&r| {
+                    program.rules[r]
+                        .streams
+                        .first()
+                        .is_some_and(|s| in_group(*s))
+                })
+                .collect();
+            let aggs: Vec<usize> = (0..program.aggregates.len())
+                .filter(|&a| in_group(program.aggregates[a].source))
+                .collect();
+            groups.push(Group::new(Arc::clone(&program), &rules, &aggs)?);
+        }
+        Ok(Engine {
+            program,
+            groups,
+            group_of,
+            members,
+        })
+    }
+
+    /// The program being run.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+
+    /// Counters so far, over all groups (the peak is the sum of each group's peak).
+    pub fn stats(&self) -> Stats {
+        let mut t = Stats::default();
+        for g in &self.groups {
+            let s = g.stats();
+            t.events += s.events;
+            t.late += s.late;
+            t.alerts += s.alerts;
+            t.runs += s.runs;
+            t.peak_runs += s.peak_runs;
+            t.keys += s.keys;
+        }
+        t
+    }
+
+    /// The compiled NFA of a rule.
+    pub fn nfa(&self, rule: &str) -> Option<&Nfa> {
+        self.groups.iter().find_map(|g| g.nfa(rule))
+    }
+
+    /// A stream's watermark (in its group's event time).
+    pub fn watermark(&self, stream: StreamId) -> Nanos {
+        self.group_of
+            .get(stream.0 as usize)
+            .map_or(Nanos::MIN, |&g| self.groups[g].watermark(stream))
+    }
+
+    /// The groups of streams that share event time, by index.
+    pub fn groups(&self) -> &[Vec<StreamId>] {
+        &self.members
+    }
+
+    /// Accepts an event; alerts that become due are passed to `out`.
+    pub fn push(&mut self, event: Event, out: &mut dyn FnMut(Alert)) -> Result<(), Late> {
+        match self.group_of.get(event.stream as usize) {
+            Some(&g) => self.groups[g].push(event, out),
+            // A stream id outside the program is a bug in the caller; treat it as late rather
+            // than crash the engine.
+            None => Err(Late {
+                stream: format!("#{}", event.stream),
+                time: event.time,
+                watermark: Nanos::MAX,
+            }),
+        }
+    }
+
+    /// Sets an explicit watermark for every stream (replay `$watermark` lines).
+    pub fn set_watermark(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) {
+        for g in &mut self.groups {
+            g.set_watermark(time, out);
+        }
+    }
+
+    /// Advances time to `time` in every group.
+    pub fn advance_to(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) {
+        for g in &mut self.groups {
+            g.advance_to(time, out);
+        }
+    }
+
+    /// Advances time to `time` in one group (an idle stream's, from the wall clock).
+    pub fn advance_group(&mut self, group: usize, time: Nanos, out: &mut dyn FnMut(Alert)) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.advance_to(time, out);
+        }
+    }
+
+    /// End of input: releases everything and advances time to the end, so pending absences
+    /// and timeouts fire.
+    pub fn flush(&mut self, out: &mut dyn FnMut(Alert)) {
+        self.advance_to(Nanos::MAX, out);
+    }
+
+    /// The per-key state of a rule, for `explain` and the admin API.
+    pub fn key_state(&self, rule: &str, key: &KeyVal) -> Option<&KeyState> {
+        self.groups.iter().find_map(|g| g.key_state(rule, key))
+    }
+
+    /// Approximate bytes of per-key state held, over all rules.
+    pub fn state_bytes(&self) -> usize {
+        self.groups.iter().map(Group::state_bytes).sum()
     }
 }
 

@@ -692,24 +692,36 @@ impl Worker {
     /// so none of their events become late.
     pub fn tick(&mut self) {
         let now = self.clock.now();
-        let mut target: Option<Nanos> = None;
-        let mut any_idle = false;
-        for (i, s) in self.idle.iter().enumerate() {
-            let Some(max) = s.max_time else { continue };
-            let quiet = now.saturating_sub(s.last_arrival);
-            let t = if s.idle > 0 && quiet >= s.idle {
-                any_idle = true;
-                max.saturating_add(quiet)
-                    .saturating_sub(s.lateness)
-                    .saturating_sub(1)
-            } else {
-                self.engine.watermark(StreamId(i as u32))
-            };
-            target = Some(target.map_or(t, |x: Nanos| x.min(t)));
+        // Each group of streams keeps its own event time: advance the groups that have an
+        // idle stream, each to the least of its streams' times.
+        let groups: Vec<Vec<StreamId>> = self.engine.groups().to_vec();
+        let mut advanced = false;
+        for (g, streams) in groups.iter().enumerate() {
+            let mut target: Option<Nanos> = None;
+            let mut any_idle = false;
+            for stream in streams {
+                let Some(s) = self.idle.get(stream.0 as usize) else {
+                    continue;
+                };
+                let Some(max) = s.max_time else { continue };
+                let quiet = now.saturating_sub(s.last_arrival);
+                let t = if s.idle > 0 && quiet >= s.idle {
+                    any_idle = true;
+                    max.saturating_add(quiet)
+                        .saturating_sub(s.lateness)
+                        .saturating_sub(1)
+                } else {
+                    self.engine.watermark(*stream)
+                };
+                target = Some(target.map_or(t, |x: Nanos| x.min(t)));
+            }
+            if let (true, Some(t)) = (any_idle, target) {
+                let alerts = &mut self.alerts;
+                self.engine.advance_group(g, t, &mut |a| alerts.push(a));
+                advanced = true;
+            }
         }
-        if let (true, Some(t)) = (any_idle, target) {
-            let alerts = &mut self.alerts;
-            self.engine.advance_to(t, &mut |a| alerts.push(a));
+        if advanced {
             self.dispatch(now);
         }
     }
