@@ -25,6 +25,7 @@ use crate::lang::codes::Code;
 use crate::lang::diagnostic::{Diagnostic, FileId};
 use crate::lang::source::Sources;
 use crate::lang::span::Span;
+use crate::lang::toml_error::{TomlProblem, classify};
 
 /// The file `tern run`, `tern check` and `tern replay` read when no `--config` is given.
 pub const DEFAULT_PATH: &str = "tern.toml";
@@ -716,66 +717,55 @@ const INLINE_SECRETS: &[(&str, &str)] = &[
     ("token", "token_env` or `token_file"),
 ];
 
-fn span(r: Range<usize>) -> Span {
-    Span::new(r.start, r.end)
-}
-
 /// toml's error (unknown key, wrong type, missing key, bad syntax) as a diagnostic.
 fn toml_error(file: FileId, e: &toml::de::Error) -> Diagnostic {
-    let at = e.span().map(span).unwrap_or_default();
-    let message = e.message().trim();
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let name = rest.split('`').next().unwrap_or_default();
-        // serde lists the expected keys in backticks after "expected".
-        let expected: Vec<&str> = rest
-            .split_once("expected")
-            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
-            .unwrap_or_default();
-        let d = Diagnostic::error(
-            Code::E411,
-            format!("unknown key `{name}`"),
-            file,
-            at,
-            "not a key of this table",
-        );
-        if let Some((_, instead)) = INLINE_SECRETS.iter().find(|(k, _)| *k == name) {
-            return d.with_note(format!(
-                "secrets are never written in tern.toml: use `{instead}` to name an environment \
-                 variable or a file holding it"
-            ));
+    let (at, problem) = classify(e);
+    match problem {
+        TomlProblem::UnknownKey { name, expected } => {
+            let d = Diagnostic::error(
+                Code::E411,
+                format!("unknown key `{name}`"),
+                file,
+                at,
+                "not a key of this table",
+            );
+            if let Some((_, instead)) = INLINE_SECRETS.iter().find(|(k, _)| *k == name) {
+                return d.with_note(format!(
+                    "secrets are never written in tern.toml: use `{instead}` to name an environment \
+                     variable or a file holding it"
+                ));
+            }
+            let d = d.with_suggestion(name, expected.iter().copied());
+            if expected.is_empty() {
+                d
+            } else {
+                d.with_note(format!("the keys here are: {}", expected.join(", ")))
+            }
         }
-        let d = d.with_suggestion(name, expected.iter().copied());
-        return if expected.is_empty() {
-            d
-        } else {
-            d.with_note(format!("the keys here are: {}", expected.join(", ")))
-        };
-    }
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        let name = rest.split('`').next().unwrap_or_default();
-        return Diagnostic::error(
+        TomlProblem::MissingKey { name } => Diagnostic::error(
             Code::E413,
             format!("missing key `{name}`"),
             file,
             at,
             format!("this table needs `{name}`"),
         )
-        .with_note("docs/config.md lists every key");
+        .with_note("docs/config.md lists every key"),
+        TomlProblem::BadValue { headline } | TomlProblem::Other { headline } => {
+            let code = if matches!(problem, TomlProblem::BadValue { .. }) {
+                Code::E412
+            } else {
+                Code::E410
+            };
+            Diagnostic::error(
+                code,
+                format!("invalid configuration: {headline}"),
+                file,
+                at,
+                "here",
+            )
+            .with_note("docs/config.md describes tern.toml")
+        }
     }
-    let headline = message.lines().next().unwrap_or("invalid TOML");
-    let code = if headline.starts_with("invalid type") || headline.starts_with("invalid value") {
-        Code::E412
-    } else {
-        Code::E410
-    };
-    Diagnostic::error(
-        code,
-        format!("invalid configuration: {headline}"),
-        file,
-        at,
-        "here",
-    )
-    .with_note("docs/config.md describes tern.toml")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -789,8 +779,13 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&mut self, code: Code, at: Range<usize>, message: String, label: &str) -> usize {
-        self.diagnostics
-            .push(Diagnostic::error(code, message, self.file, span(at), label));
+        self.diagnostics.push(Diagnostic::error(
+            code,
+            message,
+            self.file,
+            Span::from(at),
+            label,
+        ));
         self.diagnostics.len() - 1
     }
 
@@ -1206,12 +1201,12 @@ impl Validator<'_> {
                     );
                 }
                 Some(SecretRef {
-                    span: span(e.span()),
+                    span: Span::from(e.span()),
                     source: SecretSource::Env(e.into_inner()),
                 })
             }
             (None, Some(f)) => Some(SecretRef {
-                span: span(f.span()),
+                span: Span::from(f.span()),
                 source: SecretSource::File(self.path(f.get_ref())),
             }),
             (Some(e), Some(_)) => {
@@ -1442,7 +1437,7 @@ impl Validator<'_> {
                     bucket,
                     token: token.unwrap_or(SecretRef {
                         source: SecretSource::Env(String::new()),
-                        span: span(at.clone()),
+                        span: Span::from(at.clone()),
                     }),
                     measurement: s.measurement.map(Spanned::into_inner),
                     timeout: self.duration(&s.timeout, Duration::from_secs(10)),

@@ -21,6 +21,7 @@ use crate::lang::codes::Code;
 use crate::lang::diagnostic::{Diagnostic, FileId, Label};
 use crate::lang::source::Sources;
 use crate::lang::span::Span;
+use crate::lang::toml_error::{TomlProblem, classify};
 
 /// Loads every `*.toml` file of `dir` in file-name order. A missing directory holds no
 /// profiles. Two profiles declaring the same stream are an error (E403) on the second.
@@ -153,21 +154,10 @@ pub fn load_source(
     (profile, b.diagnostics)
 }
 
-fn span(r: Range<usize>) -> Span {
-    Span::new(r.start, r.end)
-}
-
 /// Turns toml's (first) error into a diagnostic; unknown keys get a "did you mean".
 fn toml_error(file: FileId, e: &toml::de::Error) -> Diagnostic {
-    let at = e.span().map(span).unwrap_or_default();
-    let message = e.message().trim();
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let name = rest.split('`').next().unwrap_or_default();
-        // serde lists the expected keys in backticks after "expected".
-        let expected: Vec<&str> = rest
-            .split_once("expected")
-            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
-            .unwrap_or_default();
+    let (at, problem) = classify(e);
+    if let TomlProblem::UnknownKey { name, expected } = &problem {
         let (what, keys) = if expected.first() == Some(&"type") {
             ("field key", FIELD_KEYS)
         } else {
@@ -183,7 +173,13 @@ fn toml_error(file: FileId, e: &toml::de::Error) -> Diagnostic {
         .with_suggestion(name, keys.iter().copied())
         .with_note(format!("the {what}s are: {}", keys.join(", ")));
     }
-    let headline = message.lines().next().unwrap_or("invalid TOML");
+    let headline = match problem {
+        TomlProblem::MissingKey { name } => format!("missing key `{name}`"),
+        TomlProblem::BadValue { headline } | TomlProblem::Other { headline } => {
+            headline.to_string()
+        }
+        TomlProblem::UnknownKey { .. } => String::new(),
+    };
     Diagnostic::error(
         Code::E400,
         format!("invalid profile: {headline}"),
@@ -245,7 +241,7 @@ impl Builder<'_> {
     fn inner(&self, value: &Spanned<String>, inner: Range<usize>) -> Span {
         let whole = value.span();
         let Some(raw) = self.text.get(whole.clone()) else {
-            return span(whole);
+            return Span::from(whole);
         };
         for delim in ["'''", "\"\"\"", "'", "\""] {
             if raw.len() >= 2 * delim.len() && raw.starts_with(delim) && raw.ends_with(delim) {
@@ -267,11 +263,11 @@ impl Builder<'_> {
                 break;
             }
         }
-        span(whole)
+        Span::from(whole)
     }
 
     fn ident(&mut self, what: &str, name: &Spanned<String>) -> bool {
-        let at = span(name.span());
+        let at = Span::from(name.span());
         if !is_ident(name.get_ref()) {
             self.error(
                 Code::E400,
@@ -310,7 +306,7 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     format!("invalid `{key}`: {message}"),
-                    span(value.span()),
+                    Span::from(value.span()),
                     "not a duration",
                 );
                 self.note("write a duration such as \"500ms\", \"30s\", \"5m\", \"2h\", \"1d\" or \"1h30m\"");
@@ -329,10 +325,15 @@ impl Builder<'_> {
         let top = Span::new(0, 0);
         let (name, name_span) = match &raw.name {
             Some(n) if n.get_ref().trim().is_empty() => {
-                self.error(Code::E400, "empty profile name", span(n.span()), "empty");
-                (String::new(), span(n.span()))
+                self.error(
+                    Code::E400,
+                    "empty profile name",
+                    Span::from(n.span()),
+                    "empty",
+                );
+                (String::new(), Span::from(n.span()))
             }
-            Some(n) => (n.get_ref().clone(), span(n.span())),
+            Some(n) => (n.get_ref().clone(), Span::from(n.span())),
             None => (default_name.to_owned(), top),
         };
 
@@ -437,7 +438,7 @@ impl Builder<'_> {
             idle,
             origin: Origin {
                 file: self.file,
-                span: span(stream.span()),
+                span: Span::from(stream.span()),
             },
             kind: StreamKind::Device {
                 profile: name.clone(),
@@ -499,7 +500,7 @@ impl Builder<'_> {
                     self.error(
                         Code::E400,
                         format!("unknown payload format `{other}`"),
-                        span(f.span()),
+                        Span::from(f.span()),
                         "expected \"json\" or \"script\"",
                     );
                     self.suggest(other, ["json", "script"]);
@@ -513,7 +514,7 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     "a decoder script is given but `format` is \"json\"",
-                    span(s.span()),
+                    Span::from(s.span()),
                     "this script would never run",
                 );
                 self.note("set format = \"script\", or remove the script");
@@ -523,10 +524,10 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     "both `script` and `script_source` are given",
-                    span(b.span()),
+                    Span::from(b.span()),
                     "second decoder",
                 );
-                self.secondary(span(a.span()), "first decoder");
+                self.secondary(Span::from(a.span()), "first decoder");
                 self.note("keep one: `script` names a .rhai file beside the profile, `script_source` holds the script itself");
                 None
             }
@@ -534,7 +535,7 @@ impl Builder<'_> {
                 let at = raw
                     .format
                     .as_ref()
-                    .map(|f| span(f.span()))
+                    .map(|f| Span::from(f.span()))
                     .unwrap_or_default();
                 self.error(
                     Code::E400,
@@ -579,7 +580,7 @@ impl Builder<'_> {
                 self.error(
                     Code::E404,
                     format!("cannot read decoder script `{}`: {e}", path.display()),
-                    span(name.span()),
+                    Span::from(name.span()),
                     "named here",
                 );
                 self.note("the path is relative to the profile's directory");
@@ -600,12 +601,12 @@ impl Builder<'_> {
                         Code::E404,
                         format!("invalid decoder script: {}", e.message),
                         script_file,
-                        span(token),
+                        Span::from(token),
                         "here",
                     )
                     .with_secondary(
                         self.file,
-                        span(name.span()),
+                        Span::from(name.span()),
                         "script of this profile",
                     ),
                 );
@@ -627,13 +628,13 @@ impl Builder<'_> {
 
         // The type: `ty` in a table, or the whole value in the short form.
         let (ty_text, ty_span) = match (&raw.ty, &raw.short) {
-            (Some(t), _) => (t.get_ref().clone(), span(t.span())),
-            (None, Some(s)) => (s.clone(), span(value.span())),
+            (Some(t), _) => (t.get_ref().clone(), Span::from(t.span())),
+            (None, Some(s)) => (s.clone(), Span::from(value.span())),
             (None, None) => {
                 self.error(
                     Code::E400,
                     format!("field `{name}` has no type"),
-                    span(key.span()),
+                    Span::from(key.span()),
                     "add `type = \"...\"`",
                 );
                 self.note("the types are bool, int, float, string, timestamp, duration");
@@ -660,7 +661,7 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     format!("field `{name}` is both optional (`?`) and `optional = false`"),
-                    span(o.span()),
+                    Span::from(o.span()),
                     "conflicts with the `?`",
                 );
                 ok = false;
@@ -675,10 +676,10 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     format!("field `{name}` has both `path` and `capture`"),
-                    span(c.span()),
+                    Span::from(c.span()),
                     "second source",
                 );
-                self.secondary(span(p.span()), "first source");
+                self.secondary(Span::from(p.span()), "first source");
                 self.note("a field comes either from the payload (`path`) or from a topic level (`capture`)");
                 return None;
             }
@@ -706,7 +707,7 @@ impl Builder<'_> {
                         self.error(
                             Code::E400,
                             format!("the topic has no capture `{}`", c.get_ref()),
-                            span(c.span()),
+                            Span::from(c.span()),
                             "unknown capture",
                         );
                         self.suggest(c.get_ref(), t.captures().iter().map(|c| c.name.as_str()));
@@ -763,12 +764,12 @@ impl Builder<'_> {
                         range,
                     }) => {
                         let at = match (&raw.timezone, &raw.format) {
-                            (Some(tz), _) if on_timezone => span(tz.span()),
+                            (Some(tz), _) if on_timezone => Span::from(tz.span()),
                             (_, Some(f)) => match range {
                                 Some(r) => self.inner(f, r),
-                                None => span(f.span()),
+                                None => Span::from(f.span()),
                             },
-                            (Some(tz), None) => span(tz.span()),
+                            (Some(tz), None) => Span::from(tz.span()),
                             (None, None) => Span::default(),
                         };
                         self.error(
@@ -787,7 +788,7 @@ impl Builder<'_> {
                     self.error(
                         Code::E400,
                         "`timezone` only applies to timestamp fields",
-                        span(tz.span()),
+                        Span::from(tz.span()),
                         "remove this",
                     );
                     return None;
@@ -805,7 +806,7 @@ impl Builder<'_> {
                         self.error(
                             Code::E400,
                             format!("unknown duration format `{other}` for field `{name}`"),
-                            span(format.span()),
+                            Span::from(format.span()),
                             "expected text, s, ms, us or ns",
                         );
                         self.suggest(other, ["text", "s", "ms", "us", "ns"]);
@@ -821,7 +822,7 @@ impl Builder<'_> {
                         self.error(
                             Code::E400,
                             format!("`{key}` does not apply to a {} field", ty.as_str()),
-                            span(v.span()),
+                            Span::from(v.span()),
                             "remove this",
                         );
                         self.note("`format` applies to timestamp and duration fields, `timezone` to timestamps");
@@ -856,7 +857,7 @@ impl Builder<'_> {
             });
             return None;
         };
-        let at = span(time.span());
+        let at = Span::from(time.span());
         let Some(index) = fields.iter().position(|(f, _)| &f.name == time.get_ref()) else {
             if self.broken.contains(time.get_ref()) {
                 return None;
@@ -906,10 +907,10 @@ impl Builder<'_> {
         fields: &[(ProfileField, Span)],
     ) -> Vec<usize> {
         let Some(key) = key else { return Vec::new() };
-        let whole = span(key.span());
+        let whole = Span::from(key.span());
         let mut out = Vec::new();
         for (name, at) in &key.get_ref().0 {
-            let at = at.clone().map_or(whole, span);
+            let at = at.clone().map_or(whole, Span::from);
             let Some(index) = fields.iter().position(|(f, _)| &f.name == name) else {
                 if self.broken.contains(name) {
                     continue;
@@ -964,7 +965,7 @@ impl Builder<'_> {
                 self.error(
                     Code::E400,
                     format!("unknown `retained` policy `{other}`"),
-                    span(at),
+                    Span::from(at),
                     "expected \"ignore\" or \"accept\"",
                 );
                 self.suggest(other, ["ignore", "accept"]);

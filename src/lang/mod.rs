@@ -12,6 +12,7 @@ pub mod render;
 pub mod source;
 pub mod span;
 pub mod suggest;
+pub mod toml_error;
 
 pub use diagnostic::{Diagnostic, FileId};
 pub use parser::parse;
