@@ -21,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::Outcome;
 use super::simulate::{cancel_on_signal, parse_duration, wall_now_ms};
 use crate::config::{BrokerConfig, Config, LoggingConfig};
-use crate::io::pipeline::{Pipeline, StartError, Summary};
-use crate::lang::render;
+use crate::io::pipeline::{Pipeline, Summary};
 use crate::lang::source::Sources;
 use crate::sim::device::Kind;
 use crate::sim::fleet::{Fleet, FleetConfig, FleetStats};
@@ -97,16 +96,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         ..Config::default()
     };
     let color = std::io::stderr().is_terminal();
-    let pipeline = match Pipeline::prepare(config, &Sources::new()) {
-        Ok(p) => p,
-        Err(StartError::Rejected {
-            sources,
-            diagnostics,
-        }) => {
-            render::to_stderr(&sources, &diagnostics, color);
-            return Ok(Outcome::Rejected);
-        }
-        Err(StartError::Failed(e)) => return Err(e),
+    let Some(pipeline) = super::prepare_pipeline(config, &Sources::new())? else {
+        return Ok(Outcome::Rejected);
     };
     // Seam for the next release: a local webhook receiver, with the pipeline's webhook sink
     // pointed at it (`Pipeline::prepare_with_sinks`), printing what it receives.

@@ -131,3 +131,23 @@ pub fn load_rules(
     }
     Ok(Some(loaded))
 }
+
+/// Prepares the live pipeline (rules, devices, sinks); problems are rendered on stderr as
+/// diagnostics, and `None` means the input was rejected (exit 1).
+pub fn prepare_pipeline(
+    config: crate::config::Config,
+    sources: &crate::lang::source::Sources,
+) -> anyhow::Result<Option<crate::io::pipeline::Pipeline>> {
+    use crate::io::pipeline::{Pipeline, StartError};
+    match Pipeline::prepare(config, sources) {
+        Ok(p) => Ok(Some(p)),
+        Err(StartError::Rejected {
+            sources,
+            diagnostics,
+        }) => {
+            render::to_stderr(&sources, &diagnostics, std::io::stderr().is_terminal());
+            Ok(None)
+        }
+        Err(StartError::Failed(e)) => Err(e),
+    }
+}

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Outcome;
 use crate::config::{Config, LogFormat, LoggingConfig};
-use crate::io::pipeline::{Pipeline, StartError, Summary};
+use crate::io::pipeline::Summary;
 use crate::lang::render;
 
 /// Arguments of `tern run`.
@@ -33,16 +33,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
     };
     init_logging(&config.logging);
-    let pipeline = match Pipeline::prepare(config, &sources) {
-        Ok(p) => p,
-        Err(StartError::Rejected {
-            sources,
-            diagnostics,
-        }) => {
-            render::to_stderr(&sources, &diagnostics, color);
-            return Ok(Outcome::Rejected);
-        }
-        Err(StartError::Failed(e)) => return Err(e),
+    let Some(pipeline) = super::prepare_pipeline(config, &sources)? else {
+        return Ok(Outcome::Rejected);
     };
     let (warn_sources, warnings) = pipeline.warnings();
     if !warnings.is_empty() {

@@ -359,10 +359,13 @@ impl Publisher {
     }
 }
 
-/// The lines of a JSON Lines file (none if it does not exist yet).
+/// The complete lines of a JSON Lines file (none if it does not exist yet). tern may be
+/// appending while a test polls, so a last line without its newline is not read yet; every
+/// complete line must parse.
 pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
