@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tern::delivery::{Deliver, DeliverFuture, OutAlert, Outcome};
 use tern::io::pipeline::{Pipeline, Summary};
-use tern::io::sink::{AlertSink, Emitted, SinkFuture, SinkReport};
 use tokio_util::sync::CancellationToken;
 
 const PROFILE: &str = r#"
@@ -60,22 +60,24 @@ rule high {
 /// Records when each alert (by seq) reached the sink.
 struct TimingSink(Arc<Mutex<HashMap<i64, Instant>>>);
 
-impl AlertSink for TimingSink {
-    fn run(
-        self: Box<Self>,
-        mut alerts: tokio::sync::mpsc::Receiver<Arc<Emitted>>,
-        _shutdown: CancellationToken,
-    ) -> SinkFuture {
+impl Deliver for TimingSink {
+    fn batch_limit(&self) -> usize {
+        256
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        batch: &'a [Arc<OutAlert>],
+        _stop: &'a CancellationToken,
+    ) -> DeliverFuture<'a> {
         Box::pin(async move {
-            let mut report = SinkReport::default();
-            while let Some(a) = alerts.recv().await {
-                let now = Instant::now();
-                if let Some(seq) = a.alert.fields.get("seq").and_then(|s| s.as_i64()) {
+            let now = Instant::now();
+            for a in batch {
+                if let Some(seq) = a.parsed()["fields"]["seq"].as_i64() {
                     self.0.lock().unwrap().insert(seq, now);
                 }
-                report.delivered += 1;
             }
-            Ok(report)
+            vec![Outcome::Delivered; batch.len()]
         })
     }
 }

@@ -41,8 +41,16 @@ pub struct Config {
     pub devices: PathBuf,
     /// QoS of the subscriptions (0, 1 or 2).
     pub qos: u8,
-    /// Where durable state will live (used once state is persisted).
+    /// Where durable state lives (RocksDB): the alert outbox, sink cursors.
     pub state_dir: PathBuf,
+    /// Wait for the disk (fsync) on every state write, to survive power loss as well as a
+    /// crash of tern.
+    pub state_sync: bool,
+    /// Alerts the outbox holds for sinks that have not taken them; when full, tern stops
+    /// reading from the broker until a sink catches up.
+    pub outbox_capacity: u64,
+    /// At shutdown, how long sinks may go on delivering what the outbox holds.
+    pub drain_timeout: Duration,
     /// Messages held between the MQTT source and the engine; when full, tern stops reading
     /// from the broker.
     pub queue: usize,
@@ -70,6 +78,9 @@ impl Default for Config {
             devices: PathBuf::from("devices"),
             qos: 1,
             state_dir: PathBuf::from("state"),
+            state_sync: true,
+            outbox_capacity: 100_000,
+            drain_timeout: Duration::from_secs(10),
             queue: 1024,
             dedupe_window: 10_000,
             broker: None,
@@ -251,6 +262,28 @@ pub struct SinkConfig {
     pub name: String,
     /// What it is.
     pub kind: SinkKind,
+    /// Which alerts it takes, beyond the rules' `to` routing.
+    pub filter: SinkFilter,
+}
+
+/// A sink's filter: an alert goes to the sink only if it passes every part given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkFilter {
+    /// Alerts at least this severe.
+    pub min_severity: Option<crate::compile::hir::Severity>,
+    /// Only these rules (empty: every rule).
+    pub rules: Vec<String>,
+    /// Only these kinds, `match` or `timeout` (empty: both).
+    pub kinds: Vec<String>,
+}
+
+impl SinkFilter {
+    /// True when the alert passes.
+    pub fn accepts(&self, rule: &str, severity: crate::compile::hir::Severity, kind: &str) -> bool {
+        self.min_severity.is_none_or(|m| severity >= m)
+            && (self.rules.is_empty() || self.rules.iter().any(|r| r == rule))
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+    }
 }
 
 /// A sink's type and settings.
@@ -324,8 +357,10 @@ pub struct WebhookConfig {
     pub url: String,
     /// The Standard Webhooks signing secret.
     pub secret: Option<SecretRef>,
-    /// Time allowed for one request.
+    /// Time allowed for one request, connecting included.
     pub timeout: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
     /// Retries.
@@ -360,6 +395,8 @@ pub struct InfluxConfig {
     pub measurement: Option<String>,
     /// Time allowed for one write.
     pub timeout: Duration,
+    /// Most points in one write.
+    pub batch: usize,
     /// Retries.
     pub retry: RetryConfig,
 }
@@ -549,6 +586,9 @@ struct RawConfig {
     devices: Option<Spanned<String>>,
     qos: Option<Spanned<i64>>,
     state_dir: Option<Spanned<String>>,
+    state_sync: Option<Spanned<bool>>,
+    outbox_capacity: Option<Spanned<i64>>,
+    drain_timeout: Option<Spanned<String>>,
     queue: Option<Spanned<i64>>,
     dedupe_window: Option<Spanned<i64>>,
     broker: Option<RawBroker>,
@@ -622,6 +662,11 @@ struct RawSink {
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
     measurement: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    batch: Option<Spanned<i64>>,
+    min_severity: Option<Spanned<String>>,
+    rules: Option<Spanned<Vec<String>>>,
+    kinds: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -690,6 +735,7 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
             "secret_env",
             "secret_file",
             "timeout",
+            "connect_timeout",
             "headers",
             "retry",
         ],
@@ -705,6 +751,7 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
             "token_file",
             "measurement",
             "timeout",
+            "batch",
             "retry",
         ],
     ),
@@ -936,6 +983,10 @@ impl Validator<'_> {
                 .map_or("state", |s| s.get_ref().as_str()),
         );
         let qos = self.int(&raw.qos, 0, 2, 1) as u8;
+        let state_sync = raw.state_sync.map_or(d.state_sync, Spanned::into_inner);
+        let outbox_capacity =
+            self.int(&raw.outbox_capacity, 1, 1 << 40, d.outbox_capacity as i64) as u64;
+        let drain_timeout = self.duration(&raw.drain_timeout, d.drain_timeout);
         let queue = self.int(&raw.queue, 1, 1 << 24, d.queue as i64) as usize;
         let dedupe_window =
             self.int(&raw.dedupe_window, 0, 1 << 24, d.dedupe_window as i64) as usize;
@@ -961,10 +1012,11 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            if let Some(kind) = self.sink(sink) {
+            if let Some((kind, filter)) = self.sink(sink) {
                 sinks.push(SinkConfig {
                     name: name.into_inner(),
                     kind,
+                    filter,
                 });
             }
         }
@@ -1034,6 +1086,9 @@ impl Validator<'_> {
             devices,
             qos,
             state_dir,
+            state_sync,
+            outbox_capacity,
+            drain_timeout,
             queue,
             dedupe_window,
             broker,
@@ -1265,7 +1320,7 @@ impl Validator<'_> {
         }
     }
 
-    fn sink(&mut self, s: Spanned<RawSink>) -> Option<SinkKind> {
+    fn sink(&mut self, s: Spanned<RawSink>) -> Option<(SinkKind, SinkFilter)> {
         let at = s.span();
         let s = s.into_inner();
         let Some(ty) = &s.ty else {
@@ -1297,7 +1352,7 @@ impl Validator<'_> {
             return None;
         };
         // Every key given must apply to this type.
-        let given: [(&str, Option<Range<usize>>); 17] = [
+        let given: [(&str, Option<Range<usize>>); 19] = [
             ("format", s.format.as_ref().map(Spanned::span)),
             ("path", s.path.as_ref().map(Spanned::span)),
             ("url", s.url.as_ref().map(Spanned::span)),
@@ -1314,6 +1369,11 @@ impl Validator<'_> {
             ("token_env", s.token_env.as_ref().map(Spanned::span)),
             ("token_file", s.token_file.as_ref().map(Spanned::span)),
             ("measurement", s.measurement.as_ref().map(Spanned::span)),
+            (
+                "connect_timeout",
+                s.connect_timeout.as_ref().map(Spanned::span),
+            ),
+            ("batch", s.batch.as_ref().map(Spanned::span)),
             ("type", None),
         ];
         let before = self.diagnostics.len();
@@ -1397,6 +1457,7 @@ impl Validator<'_> {
                     url,
                     secret,
                     timeout: self.duration(&s.timeout, Duration::from_secs(10)),
+                    connect_timeout: self.duration(&s.connect_timeout, Duration::from_secs(5)),
                     headers: s.headers.map(Spanned::into_inner).unwrap_or_default(),
                     retry: retry.unwrap_or_default(),
                 })
@@ -1441,11 +1502,34 @@ impl Validator<'_> {
                     }),
                     measurement: s.measurement.map(Spanned::into_inner),
                     timeout: self.duration(&s.timeout, Duration::from_secs(10)),
+                    batch: self.int(&s.batch, 1, 100_000, 500) as usize,
                     retry: retry.unwrap_or_default(),
                 })
             }
         };
-        (self.diagnostics.len() == before).then_some(kind)
+        let filter = SinkFilter {
+            min_severity: self
+                .choice(
+                    &s.min_severity,
+                    "severity",
+                    &["info", "warning", "error", "critical"],
+                )
+                .and_then(|w| crate::compile::hir::Severity::from_word(&w)),
+            rules: s.rules.map(Spanned::into_inner).unwrap_or_default(),
+            kinds: match s.kinds {
+                Some(k) => {
+                    let span = k.span();
+                    let kinds = k.into_inner();
+                    for kind in &kinds {
+                        let v = Some(Spanned::new(span.clone(), kind.clone()));
+                        self.choice(&v, "alert kind", &["match", "timeout"]);
+                    }
+                    kinds
+                }
+                None => Vec::new(),
+            },
+        };
+        (self.diagnostics.len() == before).then_some((kind, filter))
     }
 
     fn url(&mut self, v: &Option<Spanned<String>>) {

@@ -16,16 +16,21 @@
 //! - [`devices`]: device profiles (`devices/*.toml`): the streams they declare.
 //! - [`io`]: the world outside the engine: recorded input for replay, the MQTT source, the
 //!   live pipeline, alert sinks and the dead-letter sink.
+//! - [`delivery`]: the alert outbox's dispatchers and the sinks: stdout, file, webhook
+//!   (Standard Webhooks), MQTT, InfluxDB; and the webhook receiver.
 //! - [`sim`]: simulated device fleets and the reproducible benchmark workload.
+//! - [`store`]: durable state in RocksDB: the alert outbox and sink cursors, per-key state.
 //! - [`config`]: `tern.toml`: broker, sinks, dead letters, logging (validated, with diagnostics).
 //! - [`cli`]: one module per subcommand.
 
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod delivery;
 pub mod devices;
 pub mod engine;
 pub mod event;
 pub mod io;
 pub mod lang;
 pub mod sim;
+pub mod store;

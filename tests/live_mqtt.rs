@@ -62,21 +62,19 @@ fn publish_to_alert_through_tern_run_with_mosquitto() {
 }
 
 /// A sink that hands alerts to the test.
-struct ChannelSink(std::sync::mpsc::Sender<Arc<tern::io::sink::Emitted>>);
+struct ChannelSink(std::sync::mpsc::Sender<Arc<tern::delivery::OutAlert>>);
 
-impl tern::io::sink::AlertSink for ChannelSink {
-    fn run(
-        self: Box<Self>,
-        mut alerts: tokio::sync::mpsc::Receiver<Arc<tern::io::sink::Emitted>>,
-        _shutdown: tokio_util::sync::CancellationToken,
-    ) -> tern::io::sink::SinkFuture {
+impl tern::delivery::Deliver for ChannelSink {
+    fn deliver<'a>(
+        &'a mut self,
+        batch: &'a [Arc<tern::delivery::OutAlert>],
+        _stop: &'a tokio_util::sync::CancellationToken,
+    ) -> tern::delivery::DeliverFuture<'a> {
         Box::pin(async move {
-            let mut report = tern::io::sink::SinkReport::default();
-            while let Some(a) = alerts.recv().await {
-                report.delivered += 1;
-                let _ = self.0.send(a);
+            for a in batch {
+                let _ = self.0.send(Arc::clone(a));
             }
-            Ok(report)
+            vec![tern::delivery::Outcome::Delivered; batch.len()]
         })
     }
 }
@@ -119,7 +117,7 @@ fn publish_to_alert_in_process_on_the_embedded_rumqttd() {
     let mut seqs = Vec::new();
     while seqs.len() < 20 {
         let a = rx.recv_timeout(Duration::from_secs(20)).expect("an alert");
-        seqs.push(a.alert.fields["seq"].as_i64().unwrap());
+        seqs.push(a.parsed()["fields"]["seq"].as_i64().unwrap());
     }
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
 
@@ -135,9 +133,10 @@ fn publish_to_alert_in_process_on_the_embedded_rumqttd() {
         summary.sinks,
         vec![(
             "alerts".to_string(),
-            tern::io::sink::SinkReport {
+            tern::delivery::dispatch::SinkReport {
                 delivered: 20,
-                failed: 0
+                failed: 0,
+                left: 0,
             }
         )]
     );

@@ -8,6 +8,7 @@ pub mod record;
 pub mod replay;
 pub mod run;
 pub mod simulate;
+pub mod webhook_receiver;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Embedded broker, simulated devices, the bundled rules: alerts as they fire.
     Demo(demo::DemoArgs),
+    /// Receive alert webhooks, verify their signatures and print them (to test a setup).
+    WebhookReceiver(webhook_receiver::ReceiverArgs),
 }
 
 /// How a command ended.
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Simulate(args) => simulate::run(args),
         Command::Record(args) => record::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::WebhookReceiver(args) => webhook_receiver::run(args),
     };
     match result {
         Ok(outcome) => outcome,

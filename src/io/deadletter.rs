@@ -2,7 +2,10 @@
 //! most once per reason per minute, and written with its raw payload to the dead-letter sink
 //! (a JSON Lines file, an MQTT topic, or both). Nothing is dropped silently.
 //!
-//! A dead letter is also a valid capture line (`topic` and `payload`), so once the cause is
+//! An alert a sink gave up on (a webhook answering 400, every retry failed) is a dead letter
+//! too, with the sink, the attempts and the last response ([`AlertLetter`]).
+//!
+//! A message's dead letter is also a valid capture line (`topic` and `payload`), so once the cause is
 //! fixed the file can be replayed with `tern replay --format capture`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +76,55 @@ impl DeadLetter {
             m.insert("profile".into(), Json::String(p.clone()));
         }
         Json::Object(m).to_string()
+    }
+}
+
+/// An alert a sink could not deliver.
+#[derive(Debug, Clone)]
+pub struct AlertLetter {
+    /// Wall-clock time the sink gave up.
+    pub failed_at: Nanos,
+    /// The sink's name.
+    pub sink: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last response or error.
+    pub reason: String,
+    /// The alert.
+    pub alert: std::sync::Arc<crate::delivery::OutAlert>,
+}
+
+impl AlertLetter {
+    /// One JSON line: `reason` is `undeliverable`, `error` the last response, `alert` the
+    /// alert JSON as the sink would have received it.
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        m.insert("failed_at".into(), Json::String(rfc3339(self.failed_at)));
+        m.insert("reason".into(), Json::String("undeliverable".into()));
+        m.insert("error".into(), Json::String(self.reason.clone()));
+        m.insert("sink".into(), Json::String(self.sink.clone()));
+        m.insert("attempts".into(), Json::from(self.attempts));
+        m.insert("alert".into(), self.alert.parsed());
+        Json::Object(m).to_string()
+    }
+}
+
+/// What the dead-letter sink writes.
+#[derive(Debug)]
+pub enum Letter {
+    /// A message that did not become an event.
+    Message(DeadLetter),
+    /// An alert a sink gave up on; the sender, if any, learns when it is written.
+    Alert(AlertLetter, Option<tokio::sync::oneshot::Sender<()>>),
+}
+
+impl Letter {
+    /// The JSON line.
+    pub fn to_json(&self) -> String {
+        match self {
+            Letter::Message(m) => m.to_json(),
+            Letter::Alert(a, _) => a.to_json(),
+        }
     }
 }
 
@@ -174,7 +226,7 @@ impl DeadLetterSink {
         file: Option<&std::path::Path>,
         topic: Option<(Publisher, String)>,
     ) -> anyhow::Result<DeadLetterSink> {
-        let file = file.map(crate::io::sink::open_append).transpose()?;
+        let file = file.map(crate::delivery::file::open_append).transpose()?;
         Ok(DeadLetterSink { file, topic })
     }
 
@@ -183,7 +235,7 @@ impl DeadLetterSink {
     /// letter.
     pub async fn run(
         self,
-        mut letters: mpsc::Receiver<DeadLetter>,
+        mut letters: mpsc::Receiver<Letter>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<DeadLetterReport> {
         let mut file = self
@@ -225,9 +277,22 @@ impl DeadLetterSink {
                 }
             }
             if let Some(f) = file.as_mut()
-                && let Err(e) = f.flush()
+                && let Err(e) = f.flush().and_then(|()| {
+                    // An alert's dead letter replaces its place in the outbox: make it as
+                    // durable as the outbox was before telling the dispatcher.
+                    if batch.iter().any(|l| matches!(l, Letter::Alert(..))) {
+                        f.get_ref().sync_data()
+                    } else {
+                        Ok(())
+                    }
+                })
             {
                 tracing::error!(error = %e, "cannot write dead letters");
+            }
+            for letter in batch {
+                if let Letter::Alert(_, Some(written)) = letter {
+                    let _ = written.send(());
+                }
             }
         }
         if let Some(mut f) = file {

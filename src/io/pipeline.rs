@@ -1,23 +1,27 @@
 //! The live pipeline behind `tern run` (and `tern demo`):
 //!
 //! ```text
-//! MQTT source --queue--> engine thread: dedupe, route + decode, Engine::push --> alert sinks
-//!      ^                        |  bad messages --> dead-letter sink
-//!      +---- applied seq -------+  (acks in arrival order once applied)
+//! MQTT source --queue--> engine thread: dedupe, route + decode, Engine::push
+//!      ^                        |  alerts --> outbox (RocksDB) --> one dispatcher per sink
+//!      |                        |  bad messages --> dead-letter sink
+//!      +---- applied seq -------+  (acks in arrival order once durable)
 //! ```
 //!
 //! The engine is synchronous and owns all per-key state, so it runs on one dedicated thread
-//! fed by a bounded channel. After each batch it commits (the seam where durable state will
-//! be written) and then publishes the highest sequence number applied, which lets the source
-//! acknowledge those messages. A ticker wakes the engine thread every second so that streams
+//! fed by a bounded channel. After each batch it commits: the batch's alerts go into the
+//! outbox in one synced RocksDB write, and only then is the highest sequence number applied
+//! published, which lets the source acknowledge those messages. Sinks read the outbox on
+//! their own (see [`crate::delivery`]). A ticker wakes the engine thread every second so that streams
 //! quiet for longer than their `idle` timeout advance in time from the wall clock; the clock
 //! is injected ([`Clock`]) so that tests control it.
 //!
 //! Shutdown: the caller cancels the token; the source stops forwarding and drains; the engine
-//! thread applies everything queued and exits when its queue closes; then every sink flushes.
-//! Pending absences are not fired: the next run continues from the broker's queue.
+//! thread applies everything queued and exits when its queue closes; then the sinks deliver
+//! what the outbox holds for up to `drain_timeout`, and what is left waits in the outbox for
+//! the next start. Pending absences are not fired: the next run continues from the broker's
+//! queue.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,15 +34,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compile::hir::{Program, StreamId};
 use crate::config::{BrokerConfig, Config, StdoutFormat};
+use crate::delivery::dispatch::{self, Outbox, Route, SinkReport};
+use crate::delivery::{self, Deliver, OutAlert};
 use crate::devices::Profile;
 use crate::engine::Engine;
 use crate::engine::alert::Alert;
 use crate::event::Nanos;
-use crate::io::deadletter::{self, BadMessages, DeadLetter, DeadLetterReport, DeadLetterSink};
+use crate::io::deadletter::{
+    self, BadMessages, DeadLetter, DeadLetterReport, DeadLetterSink, Letter,
+};
 use crate::io::mqtt::{self, Inbound, MqttSource, Publisher, SourceReport, SourceStatus};
-use crate::io::sink::{self, AlertSink, Emitted, SinkReport};
 use crate::lang::diagnostic::Diagnostic;
 use crate::lang::source::Sources;
+use crate::store::Store;
 
 /// Wall-clock time, injected so that tests decide what "now" is.
 pub trait Clock: Send + Sync {
@@ -109,7 +117,7 @@ pub struct Pipeline {
     profiles: Vec<Profile>,
     password: Option<SecretString>,
     warnings: (Sources, Vec<Diagnostic>),
-    extra_sinks: Vec<(String, Box<dyn AlertSink>)>,
+    extra_sinks: Vec<(String, Box<dyn Deliver>)>,
     clock: Arc<dyn Clock>,
     status: watch::Sender<SourceStatus>,
 }
@@ -127,7 +135,7 @@ impl Pipeline {
     pub fn prepare_with_sinks(
         config: Config,
         config_sources: &Sources,
-        extra_sinks: Vec<(String, Box<dyn AlertSink>)>,
+        extra_sinks: Vec<(String, Box<dyn Deliver>)>,
     ) -> Result<Pipeline, StartError> {
         let secret_errors = config.check_secrets();
         if !secret_errors.is_empty() {
@@ -255,8 +263,30 @@ impl Pipeline {
         )?
         .with_status(self.status.clone());
 
-        // Everything that can fail at startup (files, TLS) is opened before any task starts.
-        let (sinks, routes) = plan_sinks(&self.config, &self.program, self.extra_sinks)?;
+        // Everything that can fail at startup (state, files, TLS) is opened before any task
+        // starts.
+        let state_dir = self.config.state_dir.clone();
+        let sync = self.config.state_sync;
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || Store::open(&state_dir, sync))
+                .await
+                .context("opening the state directory")??,
+        );
+        let ctx = delivery::BuildContext {
+            broker: &broker,
+            password: self.password.as_ref(),
+        };
+        let sinks = plan_sinks(&self.config, &self.program, self.extra_sinks, &ctx)?;
+        let names: Vec<String> = sinks.iter().map(|(r, _)| r.name.clone()).collect();
+        let outbox = Arc::new(Outbox::open(
+            Arc::clone(&store),
+            &names,
+            self.config.outbox_capacity,
+        )?);
+        let routed: HashSet<String> = sinks
+            .iter()
+            .flat_map(|(r, _)| r.rules.iter().cloned())
+            .collect();
         let publisher_abort = CancellationToken::new();
         let mut publisher_task = None;
         let topic = match &self.config.dead_letter.topic {
@@ -277,19 +307,29 @@ impl Pipeline {
             }
         };
 
-        // Alert sinks.
-        let sink_shutdown = CancellationToken::new();
-        let mut sink_senders = Vec::new();
-        let mut sink_tasks = Vec::new();
-        for (name, sink) in sinks {
-            let (tx, rx) = mpsc::channel(1024);
-            sink_senders.push((name.clone(), tx));
-            sink_tasks.push((name, tokio::spawn(sink.run(rx, sink_shutdown.clone()))));
-        }
-
         // Dead letters.
         let (dead_tx, dead_rx) = mpsc::channel(4096);
         let dead_task = tokio::spawn(dead_letters.run(dead_rx, shutdown.clone()));
+
+        // One dispatcher per sink.
+        let drain = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let mut sink_tasks = Vec::new();
+        for (index, (route, sink)) in sinks.into_iter().enumerate() {
+            let clock = Arc::clone(&self.clock);
+            let name = route.name.clone();
+            let task = tokio::spawn(dispatch::run(
+                Arc::clone(&outbox),
+                index,
+                route,
+                sink,
+                dead_tx.clone(),
+                Arc::new(move || clock.now()),
+                drain.clone(),
+                stop.clone(),
+            ));
+            sink_tasks.push((name, task));
+        }
 
         // The engine thread.
         let (in_tx, in_rx) = mpsc::channel(self.config.queue);
@@ -299,11 +339,12 @@ impl Pipeline {
             self.profiles,
             Arc::clone(&self.clock),
             self.config.dedupe_window,
-            routes,
-            sink_senders,
+            routed,
+            Arc::clone(&outbox),
             dead_tx,
             applied_tx,
-        )?;
+        )?
+        .with_shutdown(shutdown.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("tern-engine".into())
@@ -339,17 +380,32 @@ impl Pipeline {
         }
         let _ = ticker.await;
         let engine = done_rx.await.context("the engine thread failed")?;
+
+        // The sinks deliver what the outbox holds, for a while.
+        drain.cancel();
+        let drain_timeout = self.config.drain_timeout;
+        let give_up = stop.clone();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(drain_timeout).await;
+            give_up.cancel();
+        });
         let mut sink_reports = Vec::new();
         for (name, task) in sink_tasks {
             match task.await {
-                Ok(Ok(r)) => sink_reports.push((name, r)),
+                Ok(Ok(r)) => {
+                    if r.left > 0 {
+                        tracing::warn!(sink = %name, alerts = r.left,
+                            "alerts not delivered before shutdown wait in the outbox for the next start");
+                    }
+                    sink_reports.push((name, r));
+                }
                 Ok(Err(e)) => {
                     tracing::error!(sink = %name, error = %format!("{e:#}"), "sink failed");
                 }
                 Err(e) => tracing::error!(sink = %name, error = %e, "sink task failed"),
             }
         }
-        sink_shutdown.cancel();
+        stopper.abort();
         let dead_letters = match dead_task.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -370,6 +426,7 @@ impl Pipeline {
                 publisher_abort.cancel();
             }
         }
+        drop(outbox);
         let source = source_result?;
         Ok(Summary {
             source,
@@ -416,9 +473,10 @@ pub struct WorkerReport {
     pub duplicates: u64,
     /// Bad messages per reason (all dead-lettered).
     pub bad: BTreeMap<&'static str, u64>,
-    /// Alert deliveries that found no sink (a rule naming only unconfigured sinks, a sink
-    /// that stopped).
+    /// Alerts of rules that no configured sink receives (counted, not stored).
     pub undelivered: u64,
+    /// Alerts written to the outbox.
+    pub stored: u64,
 }
 
 /// Streams whose events the program reads from outside (not aggregate outputs).
@@ -435,68 +493,72 @@ fn streams_read(program: &Program) -> HashSet<StreamId> {
     used
 }
 
-/// The sinks to start and, per rule, the indices of the sinks its alerts go to.
+/// The sinks to start, each with the rules routed to it.
 ///
 /// Rules name sinks in `to` (every configured sink without it). `stdout` works without
 /// configuration; without any configured sink every alert goes to stdout. A name that is
-/// configured with a type this build cannot deliver yet, or not configured at all, is warned
-/// about once here.
+/// not configured is warned about once here.
 fn plan_sinks(
     config: &Config,
     program: &Program,
-    extra: Vec<(String, Box<dyn AlertSink>)>,
-) -> anyhow::Result<(NamedSinks, Routes)> {
-    let mut sinks: Vec<(String, Box<dyn AlertSink>)> = Vec::new();
+    extra: Vec<(String, Box<dyn Deliver>)>,
+    ctx: &delivery::BuildContext<'_>,
+) -> anyhow::Result<Vec<(Route, Box<dyn Deliver>)>> {
+    let mut sinks: Vec<(Route, Box<dyn Deliver>)> = Vec::new();
+    let route = |name: &str, filter| Route {
+        name: name.to_owned(),
+        rules: HashSet::new(),
+        filter,
+    };
     for s in &config.sinks {
         if extra.iter().any(|(n, _)| *n == s.name) {
             continue;
         }
-        match sink::build(s).with_context(|| format!("sink `{}`", s.name))? {
-            Some(built) => sinks.push((s.name.clone(), built)),
-            None => tracing::warn!(
-                sink = %s.name,
-                r#type = s.kind.type_name(),
-                "this sink type is not delivered by this version of tern: alerts routed to it are not sent"
-            ),
-        }
+        let built = delivery::build(s, ctx).with_context(|| format!("sink `{}`", s.name))?;
+        sinks.push((route(&s.name, s.filter.clone()), built));
     }
-    sinks.extend(extra);
+    for (name, sink) in extra {
+        let filter = config
+            .sink(&name)
+            .map(|s| s.filter.clone())
+            .unwrap_or_default();
+        sinks.push((route(&name, filter), sink));
+    }
     let nothing_configured = sinks.is_empty();
-    let mut routes = HashMap::new();
     let mut missing: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut nowhere = Vec::new();
     for rule in &program.rules {
-        let mut targets = Vec::new();
         let names: Vec<String> = if nothing_configured {
             vec!["stdout".into()]
         } else if rule.sinks.is_empty() {
-            sinks.iter().map(|(n, _)| n.clone()).collect()
+            sinks.iter().map(|(r, _)| r.name.clone()).collect()
         } else {
             rule.sinks.clone()
         };
+        let mut routed = false;
         for name in names {
-            let index = match sinks.iter().position(|(n, _)| *n == name) {
+            let index = match sinks.iter().position(|(r, _)| r.name == name) {
                 Some(i) => Some(i),
                 None if name == "stdout" => {
                     sinks.push((
-                        "stdout".into(),
-                        Box::new(sink::StdoutSink::new(StdoutFormat::Text)),
+                        route("stdout", Default::default()),
+                        Box::new(delivery::stdout::StdoutSink::new(StdoutFormat::Text)),
                     ));
                     Some(sinks.len() - 1)
                 }
                 None => None,
             };
             match index {
-                Some(i) => targets.push(i),
-                // Configured sinks that cannot deliver were warned about above.
-                None if config.sink(&name).is_some() => {}
+                Some(i) => {
+                    sinks[i].0.rules.insert(rule.name.clone());
+                    routed = true;
+                }
                 None => missing.entry(name).or_default().push(&rule.name),
             }
         }
-        if targets.is_empty() {
+        if !routed {
             nowhere.push(rule.name.as_str());
         }
-        routes.insert(Arc::from(rule.name.as_str()), targets);
     }
     for (sink, rules) in &missing {
         tracing::warn!(
@@ -511,14 +573,8 @@ fn plan_sinks(
             "no configured sink receives these rules' alerts: they are counted, not delivered"
         );
     }
-    Ok((sinks, routes))
+    Ok(sinks)
 }
-
-/// Sinks with their names, in start order.
-type NamedSinks = Vec<(String, Box<dyn AlertSink>)>;
-
-/// Per rule name, the indices of the sinks its alerts go to.
-type Routes = HashMap<Arc<str>, Vec<usize>>;
 
 /// What the engine thread receives.
 #[derive(Debug)]
@@ -553,17 +609,19 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     dedupe: Dedupe,
     idle: Vec<IdleStream>,
-    routes: Routes,
-    sinks: Vec<(String, mpsc::Sender<Arc<Emitted>>)>,
-    dead: mpsc::Sender<DeadLetter>,
+    /// Rules whose alerts some sink receives.
+    routed: HashSet<String>,
+    outbox: Arc<Outbox>,
+    dead: mpsc::Sender<Letter>,
     applied: watch::Sender<u64>,
     last_seq: u64,
     bad: BadMessages,
     duplicates_log: BadMessages,
     report: WorkerReport,
     alerts: Vec<Alert>,
-    /// Sinks found stopped (logged once each).
-    stopped_sinks: HashSet<usize>,
+    /// Alerts of the current batch, for the outbox.
+    staged: Vec<OutAlert>,
+    shutdown: CancellationToken,
 }
 
 impl Worker {
@@ -574,9 +632,9 @@ impl Worker {
         profiles: Vec<Profile>,
         clock: Arc<dyn Clock>,
         dedupe_window: usize,
-        routes: Routes,
-        sinks: Vec<(String, mpsc::Sender<Arc<Emitted>>)>,
-        dead: mpsc::Sender<DeadLetter>,
+        routed: HashSet<String>,
+        outbox: Arc<Outbox>,
+        dead: mpsc::Sender<Letter>,
         applied: watch::Sender<u64>,
     ) -> anyhow::Result<Worker> {
         let idle = program
@@ -596,8 +654,8 @@ impl Worker {
             clock,
             dedupe: Dedupe::new(dedupe_window),
             idle,
-            routes,
-            sinks,
+            routed,
+            outbox,
             dead,
             applied,
             last_seq: 0,
@@ -605,14 +663,41 @@ impl Worker {
             duplicates_log: BadMessages::default(),
             report: WorkerReport::default(),
             alerts: Vec::new(),
-            stopped_sinks: HashSet::new(),
+            staged: Vec::new(),
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Lets the worker know when the pipeline shuts down: the outbox's size cap then no
+    /// longer holds it back, since intake has stopped anyway.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Worker {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Takes inputs until the queue closes. After each batch: commit, then report the
     /// messages applied so the source acknowledges them.
     pub fn run(&mut self, mut queue: mpsc::Receiver<Input>) {
-        while let Some(first) = queue.blocking_recv() {
+        let mut full_since: Option<std::time::Instant> = None;
+        loop {
+            // A full outbox holds the engine back, and through its queue the broker.
+            while !self.shutdown.is_cancelled()
+                && !self.outbox.wait_for_room(Duration::from_secs(1))
+            {
+                if full_since.is_none() {
+                    tracing::warn!(
+                        pending = self.outbox.pending(),
+                        "the outbox is full: reading from the broker pauses until the sinks catch up"
+                    );
+                    full_since = Some(std::time::Instant::now());
+                }
+            }
+            if let Some(since) = full_since.take() {
+                tracing::info!(paused = ?since.elapsed(), "the outbox has room again: reading resumes");
+            }
+            let Some(first) = queue.blocking_recv() else {
+                break;
+            };
             self.handle(first);
             for _ in 0..1024 {
                 match queue.try_recv() {
@@ -625,9 +710,41 @@ impl Worker {
         self.commit();
     }
 
-    /// The seam for durable state: once per-key state and the outbox are persisted, they
-    /// are written here, before any message of the batch is acknowledged.
+    /// Writes the batch's alerts to the outbox (one synced write), then lets the source
+    /// acknowledge the batch's messages. A failed write is retried: acknowledging without it
+    /// could lose the alerts.
     fn commit(&mut self) {
+        if !self.staged.is_empty() {
+            let mut failures = 0u32;
+            loop {
+                let store = self.outbox.store();
+                let mut batch = store.batch();
+                let written = self
+                    .outbox
+                    .stage(&mut batch, &self.staged)
+                    .and_then(|()| store.write(batch));
+                match written {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.outbox.abandon();
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(60) {
+                            tracing::error!(error = %format!("{e:#}"), failures,
+                                "cannot write alerts to the outbox; retrying every second, nothing is acknowledged meanwhile");
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            self.report.stored += self.staged.len() as u64;
+            tracing::debug!(
+                alerts = self.staged.len(),
+                stored = self.report.stored,
+                "alerts written to the outbox"
+            );
+            self.staged.clear();
+            self.outbox.committed();
+        }
         self.applied.send_if_modified(|v| {
             let changed = *v != self.last_seq;
             *v = self.last_seq;
@@ -729,23 +846,11 @@ impl Worker {
     fn dispatch(&mut self, now: Nanos) {
         for alert in self.alerts.drain(..) {
             self.report.alerts += 1;
-            let targets = self.routes.get(&alert.rule).map_or(&[][..], |t| &t[..]);
-            if targets.is_empty() {
+            if !self.routed.contains(&*alert.rule) {
                 self.report.undelivered += 1;
                 continue;
             }
-            let emitted = Arc::new(Emitted::new(alert, now));
-            for &i in targets {
-                let Some((name, tx)) = self.sinks.get(i) else {
-                    continue;
-                };
-                if tx.blocking_send(Arc::clone(&emitted)).is_err() {
-                    self.report.undelivered += 1;
-                    if self.stopped_sinks.insert(i) {
-                        tracing::error!(sink = %name, "the sink has stopped: its alerts are counted as undelivered");
-                    }
-                }
-            }
+            self.staged.push(OutAlert::new(&alert, now));
         }
     }
 
@@ -767,7 +872,7 @@ impl Worker {
             profile,
         };
         self.bad.report(&letter);
-        if self.dead.blocking_send(letter).is_err() {
+        if self.dead.blocking_send(Letter::Message(letter)).is_err() {
             tracing::error!(reason, topic = %m.topic, "the dead-letter sink has stopped");
         }
     }
@@ -865,10 +970,12 @@ rule low_battery {
     struct Harness {
         worker: Worker,
         clock: Arc<ManualClock>,
-        alerts: mpsc::Receiver<Arc<Emitted>>,
-        dead: mpsc::Receiver<DeadLetter>,
+        outbox: Arc<Outbox>,
+        read: u64,
+        dead: mpsc::Receiver<Letter>,
         applied: watch::Receiver<u64>,
         seq: u64,
+        _dir: tempfile::TempDir,
     }
 
     fn harness() -> Harness {
@@ -887,21 +994,19 @@ rule low_battery {
         profile.set_stream_index(program.stream_id("heartbeat").unwrap().0);
         let program = Arc::new(program);
         let clock = Arc::new(ManualClock::new(1_000 * 1_000_000_000));
-        let (alert_tx, alerts) = mpsc::channel(64);
         let (dead_tx, dead) = mpsc::channel(64);
         let (applied_tx, applied) = watch::channel(0);
-        let routes = program
-            .rules
-            .iter()
-            .map(|r| (Arc::from(r.name.as_str()), vec![0]))
-            .collect();
+        let routed = program.rules.iter().map(|r| r.name.clone()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let outbox = Arc::new(Outbox::open(store, &["test".to_string()], 1000).unwrap());
         let worker = Worker::new(
             program,
             vec![profile],
             clock.clone(),
             100,
-            routes,
-            vec![("test".into(), alert_tx)],
+            routed,
+            Arc::clone(&outbox),
             dead_tx,
             applied_tx,
         )
@@ -909,10 +1014,12 @@ rule low_battery {
         Harness {
             worker,
             clock,
-            alerts,
+            outbox,
+            read: 0,
             dead,
             applied,
             seq: 0,
+            _dir: dir,
         }
     }
 
@@ -927,10 +1034,14 @@ rule low_battery {
             }));
         }
 
+        /// Commits, then reads what the outbox gained.
         fn alert_names(&mut self) -> Vec<String> {
+            self.worker.commit();
             let mut out = Vec::new();
-            while let Ok(a) = self.alerts.try_recv() {
-                out.push(format!("{} {}", a.alert.name, a.alert.key));
+            for (seq, a) in self.outbox.store().outbox_read(self.read, 1000).unwrap() {
+                self.read = seq + 1;
+                let key: serde_json::Value = a.parsed()["key"].clone();
+                out.push(format!("{} {key}", a.name));
             }
             out
         }
@@ -998,6 +1109,9 @@ rule low_battery {
         assert_eq!(*h.applied.borrow(), 7);
         let mut reasons = Vec::new();
         while let Ok(l) = h.dead.try_recv() {
+            let Letter::Message(l) = l else {
+                panic!("an alert dead-lettered")
+            };
             reasons.push(l.reason);
         }
         assert_eq!(

@@ -248,6 +248,17 @@ impl Tern {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// SIGKILL (`kill -9`): no chance to flush or drain anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
     /// SIGTERM, wait, and return the exit status; every line tern wrote is read by then.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();

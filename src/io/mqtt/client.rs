@@ -74,6 +74,56 @@ pub enum Polled {
 #[error("the MQTT request queue is full")]
 pub struct Full;
 
+/// What one poll of a publishing connection produced: what tracking the broker's
+/// acknowledgements of our own publishes needs (see [`EventLoop::poll_outbound`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Connected; `session_present` says whether the broker kept the session, and with it the
+    /// publishes rumqttc sends again.
+    ConnAck {
+        /// The broker resumed the previous session.
+        session_present: bool,
+    },
+    /// A publish was written with this packet id (0 for QoS 0). Publishes are taken from the
+    /// request queue in order; one sent again after a reconnect keeps its packet id.
+    Sent {
+        /// Packet id.
+        pkid: u16,
+    },
+    /// PUBACK (QoS 1).
+    Acked {
+        /// Packet id.
+        pkid: u16,
+        /// MQTT 5: the broker refused the message.
+        refused: Option<Refused>,
+    },
+    /// PUBREC (QoS 2, first half).
+    Received {
+        /// Packet id.
+        pkid: u16,
+        /// MQTT 5: the broker refused the message.
+        refused: Option<Refused>,
+    },
+    /// PUBCOMP (QoS 2, done).
+    Completed {
+        /// Packet id.
+        pkid: u16,
+    },
+    /// Our DISCONNECT went out.
+    DisconnectSent,
+    /// Anything else.
+    Other,
+}
+
+/// An MQTT 5 PUBACK or PUBREC reason code other than success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The reason code as on the wire (0x80 and up).
+    pub code: u8,
+    /// Its name, and the broker's reason string when it sent one.
+    pub reason: String,
+}
+
 /// Options shared by the source and the publisher.
 pub struct Options<'a> {
     /// Broker settings.
@@ -222,6 +272,25 @@ impl Client {
         }
     }
 
+    /// Queues a publish without waiting; `Err` when the request queue is full or the topic
+    /// holds a wildcard.
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), Full> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, qos4(qos), retain, payload.to_vec())
+                .map_err(|_| Full),
+            Client::V5(c) => c
+                .try_publish(topic, qos5(qos), retain, payload)
+                .map_err(|_| Full),
+        }
+    }
+
     /// Queues a DISCONNECT.
     pub fn try_disconnect(&self) -> Result<(), Full> {
         match self {
@@ -300,6 +369,122 @@ impl EventLoop {
                 }
             }
         }
+    }
+}
+
+impl EventLoop {
+    /// Polls a publishing connection once, like [`EventLoop::poll`], reporting what tracking
+    /// our publishes needs. On an error, call [`EventLoop::salvage`] before polling again.
+    pub async fn poll_outbound(&mut self) -> Result<Outbound, String> {
+        match self {
+            EventLoop::V4(e) => {
+                let event = e.poll().await.map_err(|e| describe4(&e))?;
+                Ok(outbound4(event))
+            }
+            EventLoop::V5(e) => {
+                let event = e.poll().await.map_err(|e| e.to_string())?;
+                Ok(outbound5(event))
+            }
+        }
+    }
+
+    /// After a failed poll: returns the events rumqttc had buffered but not yet handed out
+    /// (they happened before the failure), and moves every request still in the request queue
+    /// behind the publishes it will send again on a resumed session. From here until the next
+    /// CONNACK, the queue holds only what is queued after this call, so the caller knows
+    /// exactly which of its publishes a lost session takes with it.
+    pub fn salvage(&mut self) -> Vec<Outbound> {
+        match self {
+            EventLoop::V4(e) => {
+                let events = e.state.events.drain(..).map(outbound4).collect();
+                e.clean();
+                events
+            }
+            EventLoop::V5(e) => {
+                let events = e.state.events.drain(..).map(outbound5).collect();
+                e.clean();
+                events
+            }
+        }
+    }
+}
+
+fn outbound4(event: rumqttc::Event) -> Outbound {
+    use rumqttc::{Event, Outgoing, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(c)) => Outbound::ConnAck {
+            session_present: c.session_present,
+        },
+        Event::Outgoing(Outgoing::Publish(pkid)) => Outbound::Sent { pkid },
+        Event::Incoming(Packet::PubAck(a)) => Outbound::Acked {
+            pkid: a.pkid,
+            refused: None,
+        },
+        Event::Incoming(Packet::PubRec(r)) => Outbound::Received {
+            pkid: r.pkid,
+            refused: None,
+        },
+        Event::Incoming(Packet::PubComp(c)) => Outbound::Completed { pkid: c.pkid },
+        Event::Outgoing(Outgoing::Disconnect) => Outbound::DisconnectSent,
+        _ => Outbound::Other,
+    }
+}
+
+fn outbound5(event: v5::Event) -> Outbound {
+    use rumqttc::Outgoing;
+    use v5::Event;
+    use v5::mqttbytes::v5::{Packet, PubAckReason as A, PubRecReason as R};
+    let refused = |code: u8, name: &str, text: Option<String>| {
+        Some(Refused {
+            code,
+            reason: match text {
+                Some(t) => format!("{name}: {t}"),
+                None => name.to_string(),
+            },
+        })
+    };
+    match event {
+        Event::Incoming(Packet::ConnAck(c)) => Outbound::ConnAck {
+            session_present: c.session_present,
+        },
+        Event::Outgoing(Outgoing::Publish(pkid)) => Outbound::Sent { pkid },
+        Event::Incoming(Packet::PubAck(a)) => {
+            let text = a.properties.and_then(|p| p.reason_string);
+            let code = match a.reason {
+                A::Success | A::NoMatchingSubscribers => None,
+                A::UnspecifiedError => Some(0x80),
+                A::ImplementationSpecificError => Some(0x83),
+                A::NotAuthorized => Some(0x87),
+                A::TopicNameInvalid => Some(0x90),
+                A::PacketIdentifierInUse => Some(0x91),
+                A::QuotaExceeded => Some(0x97),
+                A::PayloadFormatInvalid => Some(0x99),
+            };
+            Outbound::Acked {
+                pkid: a.pkid,
+                refused: code.and_then(|c| refused(c, &format!("{:?}", a.reason), text)),
+            }
+        }
+        Event::Incoming(Packet::PubRec(r)) => {
+            let text = r.properties.and_then(|p| p.reason_string);
+            let code = match r.reason {
+                R::Success | R::NoMatchingSubscribers => None,
+                R::UnspecifiedError => Some(0x80),
+                R::ImplementationSpecificError => Some(0x83),
+                R::NotAuthorized => Some(0x87),
+                R::TopicNameInvalid => Some(0x90),
+                R::PacketIdentifierInUse => Some(0x91),
+                R::QuotaExceeded => Some(0x97),
+                R::PayloadFormatInvalid => Some(0x99),
+            };
+            Outbound::Received {
+                pkid: r.pkid,
+                refused: code.and_then(|c| refused(c, &format!("{:?}", r.reason), text)),
+            }
+        }
+        Event::Incoming(Packet::PubComp(c)) => Outbound::Completed { pkid: c.pkid },
+        Event::Outgoing(Outgoing::Disconnect) => Outbound::DisconnectSent,
+        _ => Outbound::Other,
     }
 }
 

@@ -1,0 +1,337 @@
+//! The outbox and its dispatchers: one task per sink, each reading the durable outbox from
+//! its own cursor and handing alerts to its [`Deliver`].
+//!
+//! The engine thread stages a batch's alerts into the same RocksDB write as the state they
+//! came from ([`Outbox::stage`]), then announces them ([`Outbox::committed`]). Dispatchers
+//! wake up, read what is new, skip what their routing and filter exclude, deliver the rest,
+//! and move their cursor on. Entries every sink has passed are deleted.
+//!
+//! When the outbox holds `capacity` alerts that some sink has not passed, the engine thread
+//! waits in [`Outbox::wait_for_room`]: its queue fills, the MQTT source stops reading, and the
+//! broker keeps the messages. Nothing is dropped; a sink that stays down long enough stops
+//! the intake, and its retry policy decides how long that is.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Deliver, OutAlert, Outcome};
+use crate::config::SinkFilter;
+use crate::event::Nanos;
+use crate::io::deadletter::{AlertLetter, Letter};
+use crate::store::{Batch, Store};
+
+/// Alerts read from the store per step when a sink takes single alerts.
+const READ_AHEAD: usize = 256;
+
+/// Trim the outbox when the slowest sink has moved this far past the last trim.
+const TRIM_EVERY: u64 = 512;
+
+/// The outbox: sequence numbers, cursors and the wake-ups between the engine thread and the
+/// dispatchers.
+pub struct Outbox {
+    store: Arc<Store>,
+    capacity: u64,
+    state: Mutex<State>,
+    room: Condvar,
+    committed: watch::Sender<u64>,
+}
+
+struct State {
+    /// Sequence number of the next alert staged.
+    next: u64,
+    /// Sequence number of the next alert not yet committed.
+    committed: u64,
+    /// Per sink (by index), the next sequence number it has not passed.
+    cursors: Vec<u64>,
+    /// The outbox is trimmed below this.
+    trimmed: u64,
+}
+
+impl State {
+    fn slowest(&self) -> u64 {
+        self.cursors.iter().copied().min().unwrap_or(self.committed)
+    }
+}
+
+/// What a sink's dispatcher needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Sink name (its cursor's key).
+    pub name: String,
+    /// Rules whose alerts go to this sink.
+    pub rules: HashSet<String>,
+    /// The sink's own filter.
+    pub filter: SinkFilter,
+}
+
+impl Route {
+    /// True when `alert` goes to this sink.
+    pub fn wants(&self, alert: &OutAlert) -> bool {
+        self.rules.contains(&alert.rule)
+            && self
+                .filter
+                .accepts(&alert.rule, alert.severity, alert.kind.as_str())
+    }
+}
+
+impl Outbox {
+    /// Opens the outbox of `store` for the sinks `names` (in dispatcher order). A sink seen
+    /// for the first time starts at the end: it receives alerts from now on. Cursors of sinks
+    /// no longer configured are forgotten.
+    pub fn open(store: Arc<Store>, names: &[String], capacity: u64) -> anyhow::Result<Outbox> {
+        let next = store.outbox_next()?;
+        let stored = store.cursors()?;
+        let mut cursors = Vec::with_capacity(names.len());
+        for name in names {
+            let at = stored
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(next, |(_, c)| (*c).min(next));
+            store.set_cursor(name, at)?;
+            cursors.push(at);
+        }
+        for (name, _) in &stored {
+            if !names.contains(name) {
+                tracing::info!(sink = %name, "a sink is no longer configured: its place in the outbox is dropped");
+                store.remove_cursor(name)?;
+            }
+        }
+        let slowest = cursors.iter().copied().min().unwrap_or(next);
+        store.outbox_trim(slowest)?;
+        let pending = next - slowest;
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                "alerts from before the restart are waiting in the outbox"
+            );
+        }
+        Ok(Outbox {
+            store,
+            capacity: capacity.max(1),
+            state: Mutex::new(State {
+                next,
+                committed: next,
+                cursors,
+                trimmed: slowest,
+            }),
+            room: Condvar::new(),
+            committed: watch::Sender::new(next),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A dispatcher that panicked while holding the lock left only numbers behind: keep
+        // going with them.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `alerts` to `batch`; they become visible to the sinks at [`Outbox::committed`].
+    pub fn stage(&self, batch: &mut Batch<'_>, alerts: &[OutAlert]) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        for a in alerts {
+            batch.put_alert(s.next, a)?;
+            s.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Announces that everything staged so far is written.
+    pub fn committed(&self) {
+        let next = {
+            let mut s = self.lock();
+            s.committed = s.next;
+            s.next
+        };
+        self.committed.send_if_modified(|v| {
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
+    }
+
+    /// Forgets alerts staged but not written (the write failed).
+    pub fn abandon(&self) {
+        let mut s = self.lock();
+        s.next = s.committed;
+    }
+
+    /// Alerts written that some sink has not passed.
+    pub fn pending(&self) -> u64 {
+        let s = self.lock();
+        s.committed - s.slowest()
+    }
+
+    /// Blocks (the engine thread) while the outbox is full, up to `timeout`; true when there
+    /// is room.
+    pub fn wait_for_room(&self, timeout: Duration) -> bool {
+        let s = self.lock();
+        let (s, _) = self
+            .room
+            .wait_timeout_while(s, timeout, |s| s.committed - s.slowest() >= self.capacity)
+            .unwrap_or_else(|e| e.into_inner());
+        s.committed - s.slowest() < self.capacity
+    }
+
+    fn advance(&self, sink: usize, name: &str, next: u64) -> anyhow::Result<()> {
+        self.store.set_cursor(name, next)?;
+        let trim = {
+            let mut s = self.lock();
+            if let Some(c) = s.cursors.get_mut(sink) {
+                *c = next;
+            }
+            let slowest = s.slowest();
+            let all_passed = slowest == s.committed && slowest > s.trimmed;
+            if all_passed || slowest >= s.trimmed + TRIM_EVERY {
+                s.trimmed = slowest;
+                Some(slowest)
+            } else {
+                None
+            }
+        };
+        self.room.notify_all();
+        if let Some(below) = trim {
+            self.store.outbox_trim(below)?;
+        }
+        Ok(())
+    }
+
+    fn cursor(&self, sink: usize) -> u64 {
+        let s = self.lock();
+        s.cursors.get(sink).copied().unwrap_or(s.committed)
+    }
+}
+
+/// What a dispatcher did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SinkReport {
+    /// Alerts delivered.
+    pub delivered: u64,
+    /// Alerts the sink gave up on (dead-lettered).
+    pub failed: u64,
+    /// Alerts left in the outbox at shutdown, for the next start.
+    pub left: u64,
+}
+
+/// One sink's dispatcher: delivers from the outbox until `drain` is cancelled and everything
+/// committed is passed, or until `stop` is cancelled (then what is left stays for the next
+/// start).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    outbox: Arc<Outbox>,
+    index: usize,
+    route: Route,
+    mut sink: Box<dyn Deliver>,
+    dead: tokio::sync::mpsc::Sender<Letter>,
+    clock: Arc<dyn Fn() -> Nanos + Send + Sync>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) -> anyhow::Result<SinkReport> {
+    let mut report = SinkReport::default();
+    let mut committed = outbox.committed.subscribe();
+    let limit = sink.batch_limit().max(1);
+    let mut cursor = outbox.cursor(index);
+    loop {
+        let end = *committed.borrow_and_update();
+        if cursor >= end {
+            if drain.is_cancelled() || stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = drain.cancelled() => continue,
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        let store = Arc::clone(outbox.store());
+        let from = cursor;
+        let read =
+            tokio::task::spawn_blocking(move || store.outbox_read(from, READ_AHEAD.max(limit)))
+                .await??;
+        // Entries past `end` may be visible if the engine wrote meanwhile; leave them for the
+        // next round so `end` stays the limit announced.
+        let mut wanted: Vec<(u64, Arc<OutAlert>)> = Vec::new();
+        let mut passed = cursor;
+        for (seq, alert) in read {
+            if seq >= end {
+                break;
+            }
+            if route.wants(&alert) {
+                wanted.push((seq, Arc::new(alert)));
+                if wanted.len() >= limit {
+                    break;
+                }
+            } else if wanted.is_empty() {
+                passed = seq + 1;
+            } else {
+                break;
+            }
+        }
+        if wanted.is_empty() {
+            // Everything read was for other sinks (or the outbox was trimmed past us).
+            let next = if passed > cursor { passed } else { end };
+            outbox.advance(index, &route.name, next)?;
+            cursor = next;
+            continue;
+        }
+        let alerts: Vec<Arc<OutAlert>> = wanted.iter().map(|(_, a)| Arc::clone(a)).collect();
+        let outcomes = sink.deliver(&alerts, &stop).await;
+        let mut done = passed;
+        for ((seq, alert), outcome) in wanted.iter().zip(&outcomes) {
+            match outcome {
+                Outcome::Delivered => report.delivered += 1,
+                Outcome::Failed { reason, attempts } => {
+                    report.failed += 1;
+                    tracing::error!(sink = %route.name, alert = %alert.id, rule = %alert.rule,
+                        attempts, reason = %reason, "alert not delivered: dead-lettered");
+                    let (written_tx, written_rx) = oneshot::channel();
+                    let letter = AlertLetter {
+                        failed_at: clock(),
+                        sink: route.name.clone(),
+                        attempts: *attempts,
+                        reason: reason.clone(),
+                        alert: Arc::clone(alert),
+                    };
+                    // The cursor moves past a failed alert only once its dead letter is
+                    // written, so a crash in between delivers it (or dead-letters it) again.
+                    if dead
+                        .send(Letter::Alert(letter, Some(written_tx)))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = written_rx.await;
+                    }
+                }
+            }
+            done = seq + 1;
+        }
+        if done > cursor {
+            outbox.advance(index, &route.name, done)?;
+            cursor = done;
+        }
+        if outcomes.len() < wanted.len() {
+            // Stopped while retrying.
+            break;
+        }
+    }
+    sink.close().await;
+    report.left = (*committed.borrow()).saturating_sub(cursor);
+    Ok(report)
+}
