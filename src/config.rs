@@ -1474,6 +1474,9 @@ impl Validator<'_> {
                         "`+` or `#`",
                     );
                 }
+                if let Some(t) = &s.topic {
+                    self.topic_placeholders(t);
+                }
                 SinkKind::Mqtt(MqttSinkConfig {
                     topic,
                     qos: self.int(&s.qos, 0, 2, 1) as u8,
@@ -1532,6 +1535,34 @@ impl Validator<'_> {
         (self.diagnostics.len() == before).then_some((kind, filter))
     }
 
+    /// Every `{...}` in an alert topic template must be a known placeholder.
+    fn topic_placeholders(&mut self, t: &Spanned<String>) {
+        let known = crate::delivery::mqtt::PLACEHOLDERS;
+        let text = t.get_ref();
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else { break };
+            let name = &after[..close];
+            if !known.contains(&name) {
+                let i = self.error(
+                    Code::E412,
+                    t.span(),
+                    format!("unknown placeholder `{{{name}}}` in the topic"),
+                    "not a placeholder",
+                );
+                if let Some(best) = crate::lang::suggest::closest(name, known.iter().copied()) {
+                    self.note(i, format!("did you mean `{{{best}}}`?"));
+                }
+                self.note(
+                    i,
+                    "the placeholders are {rule}, {name}, {key} and {severity}",
+                );
+            }
+            rest = &after[close + 1..];
+        }
+    }
+
     fn url(&mut self, v: &Option<Spanned<String>>) {
         let Some(v) = v else { return };
         let u = v.get_ref();
@@ -1571,6 +1602,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use crate::compile::hir::Severity;
     use crate::lang::render;
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -1710,6 +1742,39 @@ format = "jsn"
         assert_eq!(parse_size("1 MeB"), None);
         let c = parse("[broker]\nmax_packet_size = 65536\n").unwrap();
         assert_eq!(c.broker.unwrap().max_packet_size, 65536);
+    }
+
+    #[test]
+    fn sink_filters_and_outbox_settings() {
+        let c = parse(
+            "outbox_capacity = 500\ndrain_timeout = \"3s\"\nstate_sync = false\n\
+             [sinks.pager]\ntype = \"stdout\"\nmin_severity = \"error\"\n\
+             rules = [\"furnace_drift\"]\nkinds = [\"match\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.outbox_capacity, 500);
+        assert_eq!(c.drain_timeout, Duration::from_secs(3));
+        assert!(!c.state_sync);
+        let f = &c.sink("pager").unwrap().filter;
+        assert!(f.accepts("furnace_drift", Severity::Critical, "match"));
+        assert!(!f.accepts("furnace_drift", Severity::Warning, "match"));
+        assert!(!f.accepts("furnace_drift", Severity::Error, "timeout"));
+        assert!(!f.accepts("congestion", Severity::Critical, "match"));
+        let err = parse("[sinks.pager]\ntype = \"stdout\"\nkinds = [\"timout\"]\n").unwrap_err();
+        assert!(err.contains("unknown alert kind `timout`"), "{err}");
+        assert!(err.contains("did you mean `timeout`?"), "{err}");
+        let err =
+            parse("[sinks.pager]\ntype = \"stdout\"\nmin_severity = \"fatal\"\n").unwrap_err();
+        assert!(err.contains("unknown severity `fatal`"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_topic_placeholders_are_checked() {
+        assert!(parse("[sinks.m]\ntype = \"mqtt\"\ntopic = \"alerts/{rule}/{key}\"\n").is_ok());
+        let err =
+            parse("[sinks.m]\ntype = \"mqtt\"\ntopic = \"alerts/{rul}/{key}\"\n").unwrap_err();
+        assert!(err.contains("unknown placeholder `{rul}`"), "{err}");
+        assert!(err.contains("did you mean `{rule}`?"), "{err}");
     }
 
     #[test]

@@ -289,31 +289,36 @@ async fn a_400_fails_that_alert_at_once_and_the_rest_go_through() {
 // ---- 3. what is retried, and how -------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_on_429_is_honoured() {
-    let server = serve_script(loopback().await, 0, |_, nth, _| {
-        if nth == 1 {
-            Reply(429, Some("1"), "slow down")
-        } else {
-            Reply(200, None, "")
-        }
-    })
-    .await;
-    // Without the header the next try would come after at most 10 ms.
-    let retry = RetryConfig {
-        max_attempts: 3,
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-    };
-    let (mut sink, _dir) = make_sink(&server.url, &[SECRET], retry);
+async fn retry_after_on_429_and_503_is_honoured() {
+    for status in [429, 503] {
+        let server = serve_script(loopback().await, 0, move |_, nth, _| {
+            if nth == 1 {
+                Reply(status, Some("1"), "slow down")
+            } else {
+                Reply(200, None, "")
+            }
+        })
+        .await;
+        // Without the header the next try would come after at most 10 ms.
+        let retry = RetryConfig {
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(5),
+        };
+        let (mut sink, _dir) = make_sink(&server.url, &[SECRET], retry);
 
-    let outcomes = deliver_each(&mut sink, &[alert(1)]).await;
+        let outcomes = deliver_each(&mut sink, &[alert(1)]).await;
 
-    assert_eq!(outcomes, vec![Outcome::Delivered]);
-    let log = server.log();
-    assert_eq!(log.len(), 2);
-    let gap = log[1].at - log[0].at;
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
-    assert!(log.iter().all(|r| r.verified));
+        assert_eq!(outcomes, vec![Outcome::Delivered]);
+        let log = server.log();
+        assert_eq!(log.len(), 2);
+        let gap = log[1].at - log[0].at;
+        assert!(
+            gap >= Duration::from_millis(950),
+            "{status}: retried after {gap:?}"
+        );
+        assert!(log.iter().all(|r| r.verified));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,12 +372,18 @@ async fn a_closed_port_fails_after_max_attempts_with_the_connect_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (mut sink, _dir) = make_sink(&format!("http://{addr}/"), &[], fast_retry(3));
+    let (mut sink, _dir) = make_sink(
+        &format!("http://{addr}/services/T0/TOKEN-IN-PATH"),
+        &[],
+        fast_retry(3),
+    );
     let outcomes = deliver_each(&mut sink, &[alert(1)]).await;
     match &outcomes[..] {
         [Outcome::Failed { reason, attempts }] => {
             assert_eq!(*attempts, 3);
             assert!(reason.starts_with("cannot connect"), "{reason}");
+            // Reasons go to logs and dead letters: no URL, so no token from its path.
+            assert!(!reason.contains("TOKEN-IN-PATH"), "{reason}");
         }
         other => panic!("{other:?}"),
     }

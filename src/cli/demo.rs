@@ -1,6 +1,8 @@
 //! `tern demo`: the first thing to run. An embedded MQTT broker, a simulated city and fab
 //! publishing to it, the bundled `rules/` and `devices/`, and the live pipeline in-process;
-//! every alert is printed as it fires, one readable line each (coloured on a terminal).
+//! every alert is printed as it fires, one readable line each (coloured on a terminal), and
+//! POSTed, signed, to a local webhook receiver that verifies it (the rules' `webhook` sink).
+//! State (the outbox) lives in a temporary directory removed at exit.
 //!
 //! The simulator's opening is scripted so that the bundled rules fire early: a traffic jam
 //! within seconds, a gateway and a camera that go quiet, a loop-detector jam, a furnace
@@ -20,7 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Outcome;
 use super::simulate::{cancel_on_signal, parse_duration, wall_now_ms};
-use crate::config::{BrokerConfig, Config, LoggingConfig};
+use crate::config::{
+    BrokerConfig, Config, LoggingConfig, MqttSinkConfig, RetryConfig, SecretRef, SecretSource,
+    SinkConfig, SinkFilter, SinkKind, WebhookConfig,
+};
+use crate::delivery::receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverReport};
+use crate::delivery::signing::Secret;
 use crate::io::pipeline::{Pipeline, Summary};
 use crate::lang::source::Sources;
 use crate::sim::device::Kind;
@@ -54,7 +61,10 @@ pub struct DemoArgs {
 pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     // Alerts go to stdout; keep stderr for the banner, the summary and real problems. The
     // broker library reports every client that disconnects as an error: not one here.
-    let level = std::env::var("TERN_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into());
+    // Sinks the bundled rules name but the demo has no server for (influx, file) are not
+    // worth a warning here.
+    let level =
+        std::env::var("TERN_LOG").unwrap_or_else(|_| "warn,rumqttd=off,tern::routing=error".into());
     super::run::init_logging(&LoggingConfig {
         level,
         ..LoggingConfig::default()
@@ -89,22 +99,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     broker.client_id = "tern-demo".into();
     // Every demo starts afresh: no session to resume.
     broker.clean_session = true;
+    let state = DemoState::create()?;
+    let hook = HookReceiver::start(&state)?;
     let config = Config {
         rules: args.rules.clone(),
         devices: args.devices.clone(),
         broker: Some(broker),
+        state_dir: state.dir.join("state"),
+        // A demo's state is thrown away: no need to wait for the disk.
+        state_sync: false,
+        drain_timeout: Duration::from_secs(2),
+        sinks: vec![hook.sink_config(), mqtt_alerts()],
         ..Config::default()
     };
     let color = std::io::stderr().is_terminal();
     let Some(pipeline) = super::prepare_pipeline(config, &Sources::new())? else {
         return Ok(Outcome::Rejected);
     };
-    // Seam for the next release: a local webhook receiver, with the pipeline's webhook sink
-    // pointed at it (`Pipeline::prepare_with_sinks`), printing what it receives.
-    // Until then no sink is configured, so every alert goes to the stdout sink.
+    let pipeline = pipeline.with_tap(
+        "console",
+        Box::new(crate::delivery::stdout::StdoutSink::new(
+            crate::config::StdoutFormat::Text,
+        )),
+    );
 
     let mut fleet = Fleet::new(FleetConfig::demo(args.seed, wall_now_ms()));
-    banner(&pipeline, &fleet, addr, args.speed, color);
+    banner(&pipeline, &fleet, addr, hook.addr, args.speed, color);
     let pace = Pace {
         speed: args.speed,
         duration,
@@ -115,9 +135,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .thread_name("tern-demo")
         .build()
         .context("cannot start the async runtime")?;
+    let receiver_stop = CancellationToken::new();
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let listener = tokio::net::TcpListener::from_std(hook.listener)
+            .context("the webhook receiver's socket")?;
+        let receiver = tokio::spawn(hook.receiver.clone().serve(listener, receiver_stop.clone()));
         let mut status = pipeline.status();
         let engine = tokio::spawn(pipeline.run(shutdown.clone()));
         // Publish only once tern listens: messages sent before it subscribed would be lost.
@@ -140,20 +164,153 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
             None
         };
         let summary = engine.await.context("the pipeline task failed")?;
-        anyhow::Ok((published, summary))
+        receiver_stop.cancel();
+        let received = receiver.await.context("the webhook receiver failed")??;
+        anyhow::Ok((published, summary, received))
     });
     runtime.shutdown_background();
-    let (published, summary) = outcome?;
+    drop(state);
+    let (published, summary, received) = outcome?;
     let summary = summary?;
     let published = match published {
         Some(r) => r?,
         None => anyhow::bail!("the pipeline did not subscribe to the embedded broker"),
     };
-    report(&published, &summary);
+    report(&published, &summary, &received);
     Ok(Outcome::Ok)
 }
 
-fn banner(pipeline: &Pipeline, fleet: &Fleet, addr: SocketAddr, speed: f64, color: bool) {
+/// The demo's scratch directory (state, the webhook secret), removed when dropped.
+struct DemoState {
+    dir: PathBuf,
+}
+
+impl DemoState {
+    fn create() -> anyhow::Result<DemoState> {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-demo-{}-{}",
+            std::process::id(),
+            wall_now_ms()
+        ));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(DemoState { dir })
+    }
+}
+
+impl Drop for DemoState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The local webhook receiver: a fresh signing secret, shared with the `webhook` sink
+/// through a file, and a listening socket.
+struct HookReceiver {
+    addr: SocketAddr,
+    listener: std::net::TcpListener,
+    receiver: Receiver,
+    secret_file: PathBuf,
+}
+
+impl HookReceiver {
+    fn start(state: &DemoState) -> anyhow::Result<HookReceiver> {
+        let key = random_key();
+        let encoded = Secret::encode(&key);
+        let secret_file = state.dir.join("webhook-secret");
+        std::fs::write(&secret_file, &encoded).context("cannot write the demo's webhook secret")?;
+        let secret = Secret::parse(&encoded).map_err(|e| anyhow::anyhow!(e))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .context("cannot open a port for the webhook receiver")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let receiver = Receiver::new(
+            ReceiverConfig {
+                secrets: vec![secret],
+                ..ReceiverConfig::default()
+            },
+            |event| {
+                if let ReceiverEvent::Rejected { status, reason, id } = event {
+                    eprintln!(
+                        "webhook receiver refused {}: {status} {reason}",
+                        id.unwrap_or_default()
+                    );
+                }
+            },
+        );
+        Ok(HookReceiver {
+            addr,
+            listener,
+            receiver,
+            secret_file,
+        })
+    }
+
+    /// The `webhook` sink the bundled rules name, pointed at this receiver.
+    fn sink_config(&self) -> SinkConfig {
+        SinkConfig {
+            name: "webhook".into(),
+            kind: SinkKind::Webhook(WebhookConfig {
+                url: format!("http://{}/alerts", self.addr),
+                secret: Some(SecretRef {
+                    source: SecretSource::File(self.secret_file.clone()),
+                    span: Default::default(),
+                }),
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+                headers: Default::default(),
+                retry: RetryConfig {
+                    max_attempts: 20,
+                    initial_delay: Duration::from_millis(100),
+                    max_delay: Duration::from_secs(2),
+                },
+            }),
+            filter: SinkFilter::default(),
+        }
+    }
+}
+
+/// The `mqtt` sink the bundled rules name: alerts published back to the embedded broker.
+fn mqtt_alerts() -> SinkConfig {
+    SinkConfig {
+        name: "mqtt".into(),
+        kind: SinkKind::Mqtt(MqttSinkConfig {
+            topic: "alerts/{rule}/{key}".into(),
+            qos: 1,
+            retain: false,
+            retry: RetryConfig::default(),
+        }),
+        filter: SinkFilter::default(),
+    }
+}
+
+/// 32 random bytes from the standard library's per-process random hash keys (no extra
+/// dependency for a throwaway demo secret).
+fn random_key() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut key = Vec::with_capacity(32);
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        key.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    key
+}
+
+fn banner(
+    pipeline: &Pipeline,
+    fleet: &Fleet,
+    addr: SocketAddr,
+    hook: SocketAddr,
+    speed: f64,
+    color: bool,
+) {
     let bold = |t: &str| {
         if color {
             format!("\x1b[1m{t}\x1b[0m")
@@ -208,6 +365,11 @@ fn banner(pipeline: &Pipeline, fleet: &Fleet, addr: SocketAddr, speed: f64, colo
         c.furnaces,
         c.heartbeats
     );
+    eprintln!(
+        "  webhooks      alerts routed to `webhook` are POSTed, signed, to a local receiver at \
+         http://{hook}/alerts, which verifies each signature; alerts routed to `mqtt` are \
+         published to alerts/<rule>/<key> on the broker"
+    );
     eprintln!("  rules         {}", names(&live));
     if !other.is_empty() {
         eprintln!(
@@ -230,7 +392,7 @@ fn banner(pipeline: &Pipeline, fleet: &Fleet, addr: SocketAddr, speed: f64, colo
     eprintln!("  Ctrl-C stops. Alerts:");
 }
 
-fn report(published: &PublishReport, summary: &Summary) {
+fn report(published: &PublishReport, summary: &Summary, received: &ReceiverReport) {
     let s: &FleetStats = &published.fleet;
     let bad: u64 = summary.engine.bad.values().sum();
     let late = summary.engine.bad.get("late").copied().unwrap_or(0);
@@ -260,4 +422,17 @@ fn report(published: &PublishReport, summary: &Summary) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    eprintln!(
+        "  webhook       {} alerts received and verified by the local receiver ({} repeats \
+         answered, {} refused)",
+        received.accepted, received.duplicates, received.rejected
+    );
+    for (name, r) in &summary.sinks {
+        if r.failed > 0 || r.left > 0 {
+            eprintln!(
+                "  sink {name:<8} {} delivered, {} given up, {} left in the outbox",
+                r.delivered, r.failed, r.left
+            );
+        }
+    }
 }

@@ -153,7 +153,7 @@ impl Printer {
                 }
             }
             ReceiverEvent::Duplicate { id } => {
-                eprintln!("duplicate {id}: answered 200, not printed again");
+                eprintln!("duplicate {}: answered 200, not printed again", short(id));
             }
             ReceiverEvent::Rejected { status, reason, id } => {
                 eprintln!(
@@ -219,31 +219,10 @@ fn print_report(r: &ReceiverReport) {
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
+    super::run::wait_for_signal().await;
     shutdown.cancel();
-    wait_for_signal().await;
+    super::run::wait_for_signal().await;
     std::process::exit(130);
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -335,3 +335,192 @@ pub async fn run(
     report.left = (*committed.borrow()).saturating_sub(cursor);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::compile::hir::Severity;
+    use crate::delivery::{AlertKind, DeliverFuture};
+
+    fn alert(i: u64, rule: &str, severity: Severity) -> OutAlert {
+        OutAlert {
+            id: format!("id{i}"),
+            rule: rule.into(),
+            name: rule.into(),
+            kind: AlertKind::Match,
+            severity,
+            key_text: "k".into(),
+            event_time: i as i64,
+            emitted_at: 0,
+            json: format!("{{\"id\":\"id{i}\"}}"),
+        }
+    }
+
+    /// Records what it is handed; refuses the ids in `refuse`.
+    struct Recorder {
+        got: Arc<Mutex<Vec<String>>>,
+        refuse: Vec<String>,
+        limit: usize,
+    }
+
+    impl Deliver for Recorder {
+        fn batch_limit(&self) -> usize {
+            self.limit
+        }
+        fn deliver<'a>(
+            &'a mut self,
+            batch: &'a [Arc<OutAlert>],
+            _stop: &'a CancellationToken,
+        ) -> DeliverFuture<'a> {
+            Box::pin(async move {
+                batch
+                    .iter()
+                    .map(|a| {
+                        self.got.lock().unwrap().push(a.id.clone());
+                        if self.refuse.contains(&a.id) {
+                            Outcome::Failed {
+                                reason: "HTTP 400".into(),
+                                attempts: 1,
+                            }
+                        } else {
+                            Outcome::Delivered
+                        }
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    fn route(name: &str, rules: &[&str], filter: SinkFilter) -> Route {
+        Route {
+            name: name.into(),
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+            filter,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_sink_gets_its_alerts_in_order_and_failures_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["a".to_string(), "b".to_string()];
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 100).unwrap());
+        let mut batch = store.batch();
+        let alerts: Vec<OutAlert> = (0..10)
+            .map(|i| {
+                let (rule, sev) = if i % 3 == 0 {
+                    ("r1", Severity::Critical)
+                } else {
+                    ("r2", Severity::Info)
+                };
+                alert(i, rule, sev)
+            })
+            .collect();
+        outbox.stage(&mut batch, &alerts).unwrap();
+        store.write(batch).unwrap();
+        outbox.committed();
+        assert_eq!(outbox.pending(), 10);
+
+        let got_a = Arc::new(Mutex::new(Vec::new()));
+        let got_b = Arc::new(Mutex::new(Vec::new()));
+        let (dead_tx, mut dead_rx) = tokio::sync::mpsc::channel(8);
+        let dead_task = tokio::spawn(async move {
+            let mut letters = Vec::new();
+            while let Some(l) = dead_rx.recv().await {
+                if let Letter::Alert(a, Some(done)) = l {
+                    letters.push((a.sink.clone(), a.alert.id.clone(), a.reason.clone()));
+                    done.send(()).unwrap();
+                }
+            }
+            letters
+        });
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let stop = CancellationToken::new();
+        let clock: Arc<dyn Fn() -> Nanos + Send + Sync> = Arc::new(|| 0);
+        let a = run(
+            Arc::clone(&outbox),
+            0,
+            route("a", &["r1"], SinkFilter::default()),
+            Box::new(Recorder {
+                got: Arc::clone(&got_a),
+                refuse: vec!["id3".into()],
+                limit: 1,
+            }),
+            dead_tx.clone(),
+            Arc::clone(&clock),
+            drain.clone(),
+            stop.clone(),
+        );
+        let b = run(
+            Arc::clone(&outbox),
+            1,
+            route(
+                "b",
+                &["r1", "r2"],
+                SinkFilter {
+                    kinds: vec!["match".into()],
+                    ..SinkFilter::default()
+                },
+            ),
+            Box::new(Recorder {
+                got: Arc::clone(&got_b),
+                refuse: vec![],
+                limit: 4,
+            }),
+            dead_tx,
+            clock,
+            drain,
+            stop,
+        );
+        let (ra, rb) = tokio::join!(a, b);
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(
+            *got_a.lock().unwrap(),
+            ["id0", "id3", "id6", "id9"],
+            "only r1, in order"
+        );
+        assert_eq!(got_b.lock().unwrap().len(), 10);
+        assert_eq!(
+            (ra.delivered, ra.failed, ra.left, rb.delivered),
+            (3, 1, 0, 10)
+        );
+        assert_eq!(
+            dead_task.await.unwrap(),
+            [("a".to_string(), "id3".to_string(), "HTTP 400".to_string())]
+        );
+        // Both passed everything: cursors at the end, the outbox emptied.
+        assert_eq!(outbox.pending(), 0);
+        assert_eq!(store.outbox_len(0).unwrap(), 0);
+        let mut cursors = store.cursors().unwrap();
+        cursors.sort();
+        assert_eq!(cursors, [("a".to_string(), 10), ("b".to_string(), 10)]);
+    }
+
+    #[test]
+    fn a_full_outbox_has_no_room_until_the_slowest_sink_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["fast".to_string(), "slow".to_string()];
+        let outbox = Outbox::open(Arc::clone(&store), &names, 3).unwrap();
+        let mut batch = store.batch();
+        let alerts: Vec<OutAlert> = (0..3).map(|i| alert(i, "r", Severity::Info)).collect();
+        outbox.stage(&mut batch, &alerts).unwrap();
+        store.write(batch).unwrap();
+        outbox.committed();
+        outbox.advance(0, "fast", 3).unwrap();
+        assert!(!outbox.wait_for_room(Duration::from_millis(1)));
+        outbox.advance(1, "slow", 1).unwrap();
+        assert!(outbox.wait_for_room(Duration::from_millis(1)));
+        // A restart resumes each sink where it was; a sink no longer configured is dropped
+        // and a new one starts at the end.
+        drop(outbox);
+        let names = ["slow".to_string(), "new".to_string()];
+        let outbox = Outbox::open(Arc::clone(&store), &names, 3).unwrap();
+        assert_eq!((outbox.cursor(0), outbox.cursor(1)), (1, 3));
+        assert_eq!(outbox.pending(), 2);
+        assert_eq!(store.outbox_read(0, 10).unwrap()[0].0, 1);
+    }
+}

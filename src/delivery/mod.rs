@@ -198,11 +198,13 @@ pub fn build(
         SinkKind::Stdout { format } => Box::new(stdout::StdoutSink::new(*format)),
         SinkKind::File { path } => Box::new(file::FileSink::open(path.clone())?),
         SinkKind::Webhook(w) => Box::new(webhook::WebhookSink::new(&config.name, w)?),
-        // HELPER-WIRING: influx::InfluxSink::new(&config.name, i), mqtt::MqttSink::start(&config.name, m, ctx.broker, ctx.password)
-        SinkKind::Influx(_) | SinkKind::Mqtt(_) => {
-            let _ = (ctx.broker, ctx.password);
-            anyhow::bail!("not wired yet")
-        }
+        SinkKind::Influx(i) => Box::new(influx::InfluxSink::new(&config.name, i)?),
+        SinkKind::Mqtt(m) => Box::new(mqtt::MqttSink::start(
+            &config.name,
+            m,
+            ctx.broker,
+            ctx.password,
+        )?),
     })
 }
 

@@ -376,6 +376,7 @@ async fn drive(
                     for event in events.salvage() {
                         t.apply(event, &shared.retry, Instant::now());
                     }
+                    t.connected = false;
                 }
                 shared.changed.notify_one();
                 let delay = backoff.next_delay();

@@ -43,7 +43,8 @@ impl std::fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSink")
             .field("name", &self.name)
-            .field("url", &self.url.as_str())
+            // Only the origin: hook URLs often carry a token in the path.
+            .field("url", &self.url.origin().ascii_serialization())
             .field("signed", &!self.secrets.is_empty())
             .finish_non_exhaustive()
     }
@@ -218,7 +219,7 @@ impl WebhookSink {
             Ok(r) => r,
             Err(e) => {
                 return Attempt::Retry {
-                    reason: describe_error(&e),
+                    reason: describe_error(e),
                     retry_after: None,
                 };
             }
@@ -283,8 +284,11 @@ fn describe_status(status: StatusCode, body: &[u8]) -> String {
     reason
 }
 
-/// A request error with its causes ("connection refused" is in a source, not the top).
-fn describe_error(e: &reqwest::Error) -> String {
+/// A request error with its causes ("connection refused" is in a source, not the top), and
+/// without the URL: the reason goes to logs and dead letters, and hook URLs often carry a
+/// token in the path (the sink's name says where it was going).
+fn describe_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = if e.is_timeout() {
         "request timed out".to_owned()
     } else if e.is_connect() {
@@ -292,7 +296,7 @@ fn describe_error(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(s) = source {
         let msg = s.to_string();
         if !text.contains(&msg) {

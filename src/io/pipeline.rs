@@ -118,6 +118,7 @@ pub struct Pipeline {
     password: Option<SecretString>,
     warnings: (Sources, Vec<Diagnostic>),
     extra_sinks: Vec<(String, Box<dyn Deliver>)>,
+    taps: Vec<(String, Box<dyn Deliver>)>,
     clock: Arc<dyn Clock>,
     status: watch::Sender<SourceStatus>,
 }
@@ -194,9 +195,17 @@ impl Pipeline {
             password,
             warnings: (loaded.sources, loaded.diagnostics),
             extra_sinks,
+            taps: Vec::new(),
             clock: Arc::new(SystemClock),
             status: watch::Sender::new(SourceStatus::default()),
         })
+    }
+
+    /// Adds a sink that receives every rule's alerts whatever the rules' `to` says (the
+    /// demo's console). It has its own place in the outbox under `name`.
+    pub fn with_tap(mut self, name: &str, sink: Box<dyn Deliver>) -> Pipeline {
+        self.taps.push((name.to_owned(), sink));
+        self
     }
 
     /// Uses `clock` for idle streams and `emitted_at`.
@@ -276,7 +285,16 @@ impl Pipeline {
             broker: &broker,
             password: self.password.as_ref(),
         };
-        let sinks = plan_sinks(&self.config, &self.program, self.extra_sinks, &ctx)?;
+        let mut sinks = plan_sinks(&self.config, &self.program, self.extra_sinks, &ctx)?;
+        for (name, sink) in self.taps {
+            let rules = self.program.rules.iter().map(|r| r.name.clone()).collect();
+            let route = Route {
+                name,
+                rules,
+                filter: Default::default(),
+            };
+            sinks.push((route, sink));
+        }
         let names: Vec<String> = sinks.iter().map(|(r, _)| r.name.clone()).collect();
         let outbox = Arc::new(Outbox::open(
             Arc::clone(&store),
@@ -562,6 +580,7 @@ fn plan_sinks(
     }
     for (sink, rules) in &missing {
         tracing::warn!(
+            target: "tern::routing",
             sink = %sink,
             rules = %rules.join(", "),
             "rules send to a sink that tern.toml does not configure: those alerts are not sent there"
@@ -569,6 +588,7 @@ fn plan_sinks(
     }
     if !nowhere.is_empty() {
         tracing::warn!(
+            target: "tern::routing",
             rules = %nowhere.join(", "),
             "no configured sink receives these rules' alerts: they are counted, not delivered"
         );

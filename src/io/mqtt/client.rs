@@ -389,10 +389,11 @@ impl EventLoop {
     }
 
     /// After a failed poll: returns the events rumqttc had buffered but not yet handed out
-    /// (they happened before the failure), and moves every request still in the request queue
-    /// behind the publishes it will send again on a resumed session. From here until the next
-    /// CONNACK, the queue holds only what is queued after this call, so the caller knows
-    /// exactly which of its publishes a lost session takes with it.
+    /// (they happened before the failure), and moves the requests still in the request queue
+    /// to rumqttc's list for the next connection, behind the publishes it sends again there.
+    /// rumqttc did the same when the poll failed, but a publish may have been queued since;
+    /// after this call, that list holds every publish queued so far, and a lost session
+    /// (a CONNACK without `session_present`) drops exactly those.
     pub fn salvage(&mut self) -> Vec<Outbound> {
         match self {
             EventLoop::V4(e) => {
