@@ -11,8 +11,7 @@ use serde::Serialize;
 pub type Nanos = i64;
 
 /// One field value.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub enum Value {
     /// Missing or null.
     Null,
@@ -47,7 +46,7 @@ impl Value {
 }
 
 /// An event of one stream: its time and its field values in schema order.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
     /// Index of the stream in the loaded program.
     pub stream: u32,

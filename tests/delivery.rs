@@ -109,6 +109,7 @@ fn write_project(dir: &Path, broker_port: u16, hook_port: u16) -> std::path::Pat
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::create_dir_all(dir.join("devices")).unwrap();
     std::fs::write(dir.join("rules/high.tern"), common::RULE).unwrap();
+    std::fs::write(dir.join("rules/climb.tern"), CLIMB).unwrap();
     std::fs::write(dir.join("devices/sensor.toml"), common::PROFILE).unwrap();
     let conf = format!(
         r#"
@@ -137,6 +138,21 @@ format = "json"
     path
 }
 
+/// Partial matches that span many messages, so a crash has state to lose.
+const CLIMB: &str = r#"
+rule climb {
+    from reading
+    key device
+    match a: reading
+        next b: reading where value > a.value
+        next c: reading where value > b.value
+    within 1h
+    skip past last
+    emit climb severity info { device: key, seq: c.seq }
+    to alerts
+}
+"#;
+
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[test]
@@ -162,6 +178,7 @@ fn webhook_outage_and_kill_9_lose_no_alert() {
     msgs.push(end_marker("dev-1", n));
     msgs.push(end_marker("dev-2", n));
     publisher.publish_all(&msgs);
+    // `climb` never fires on the common readings (all the same value): only `high` counts.
     // Kill once every alert is in the outbox. (Readings acknowledged while still waiting in
     // the reorder buffer are durable only once per-key state is; until then a kill before
     // the end markers would lose them.)
@@ -210,5 +227,135 @@ fn webhook_outage_and_kill_9_lose_no_alert() {
                 .unwrap()
                 .is_empty(),
         "nothing dead-lettered"
+    );
+}
+
+/// A reading whose value goes up and down, so `climb` has partial matches to keep.
+fn wavy(device: &str, seq: i64) -> (String, Vec<u8>) {
+    let value = 50 + (seq * 37 + device.len() as i64 * 11) % 100;
+    (
+        format!("sensors/{device}/reading"),
+        format!(
+            r#"{{"ts": {}, "seq": {seq}, "value": {value}.5}}"#,
+            common::T0 + seq * 1000
+        )
+        .into_bytes(),
+    )
+}
+
+#[test]
+fn kill_9_at_twenty_moments_gives_the_alerts_of_an_uninterrupted_run() {
+    let binary = require_mosquitto!();
+    let dir = tempfile::tempdir().unwrap();
+    let broker_port = free_port();
+    let hook_port = free_port();
+    let _broker = Mosquitto::start(&binary, dir.path(), broker_port, "");
+    let config = write_project(dir.path(), broker_port, hook_port);
+    let env = [("HOOK_SECRET", SECRET)];
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let _receiver = Receiver::start(
+        SocketAddr::from(([127, 0, 0, 1], hook_port)),
+        SECRET,
+        Arc::clone(&seen),
+    );
+
+    // The input, and what an uninterrupted run makes of it (`tern replay` of the same
+    // messages through the same profiles and rules).
+    let devices = ["dev-a", "dev-bb", "dev-ccc"];
+    let per_device = 200;
+    let mut msgs = Vec::new();
+    for seq in 1..=per_device {
+        for d in devices {
+            msgs.push(wavy(d, seq));
+        }
+    }
+    for d in devices {
+        msgs.push(end_marker(d, per_device));
+    }
+    let capture: String = msgs
+        .iter()
+        .map(|(t, p)| {
+            serde_json::json!({"topic": t, "payload": String::from_utf8_lossy(p)}).to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.path().join("capture.jsonl"), capture).unwrap();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .current_dir(dir.path())
+        .args([
+            "replay",
+            "--rules",
+            "rules",
+            "--devices",
+            "devices",
+            "--format",
+            "capture",
+        ])
+        .args(["--input", "capture.jsonl", "--no-flush"])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let expected: BTreeSet<String> = String::from_utf8(replay.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(expected.len() > 300, "{} alerts expected", expected.len());
+
+    // Publish in chunks of varying size; after each chunk, kill tern at once (mid-batch,
+    // as like as not) and start it again. The broker keeps the session in between.
+    let mut tern = Tern::start(dir.path(), &config, &env);
+    tern.wait_ready();
+    let mut publisher = Publisher::connect(broker_port, "test-pub", None);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let mut sent = 0;
+    let mut kills = 0;
+    while sent < msgs.len() {
+        let chunk = (10 + next(50) as usize).min(msgs.len() - sent);
+        publisher.publish_all(&msgs[sent..sent + chunk]);
+        sent += chunk;
+        if kills < 20 {
+            // Jitter, so the kill falls at a different point of tern's work each time.
+            std::thread::sleep(Duration::from_millis(next(30)));
+            tern.kill();
+            kills += 1;
+            tern = Tern::start(dir.path(), &config, &env);
+        }
+    }
+    assert_eq!(kills, 20, "the input was too short for 20 kills");
+    wait_until(
+        Duration::from_secs(90),
+        "every alert at the receiver",
+        || seen.lock().unwrap().accepted.len() >= expected.len(),
+    );
+    let status = tern.stop();
+    assert!(status.success(), "{}", tern.stderr_text());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    let got: BTreeSet<String> = seen.accepted.iter().cloned().collect();
+    assert_eq!(got.len(), seen.accepted.len(), "each id accepted once");
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} missing, {} extra (of {})",
+        missing.len(),
+        extra.len(),
+        expected.len()
     );
 }

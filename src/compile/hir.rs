@@ -16,7 +16,9 @@ use crate::lang::ast::Contiguity;
 pub struct StreamId(pub u32);
 
 /// Index of a step variable in [`Rule::vars`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct VarId(pub u16);
 
 /// Every stream, aggregate and rule of a loaded rule set.

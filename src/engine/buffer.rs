@@ -13,7 +13,7 @@ use crate::event::Event;
 pub const NIL: u32 = u32::MAX;
 
 /// One matched event in one position of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The event (shared with every rule and key that holds it).
     pub event: Arc<Event>,
@@ -32,7 +32,7 @@ pub struct Entry {
 }
 
 /// All entries of one key.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Buffer {
     entries: Vec<Entry>,
     free: Vec<u32>,

@@ -10,7 +10,7 @@ use crate::event::{Event, Value};
 use super::alert::to_json;
 
 /// A key value that can index a map (floats by their bits).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HashValue(pub Value);
 
 impl PartialEq for HashValue {
@@ -62,7 +62,9 @@ fn rank(v: &Value) -> u8 {
 }
 
 /// The key of a (rule, event): no fields, one, or several.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum KeyVal {
     /// The rule has no key clause.
     Global,

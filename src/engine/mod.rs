@@ -10,11 +10,12 @@ pub mod alert;
 pub mod buffer;
 pub mod eval;
 pub mod key;
+pub mod persist;
 pub mod run;
 pub mod window;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::compile::hir::{Program, StreamId};
@@ -23,6 +24,7 @@ use crate::event::{Event, Nanos, Value};
 
 use alert::Alert;
 use key::KeyVal;
+use persist::Restored;
 use run::{Found, KeyState, Scratch};
 use window::AggRuntime;
 
@@ -151,6 +153,22 @@ struct Group {
     scratch: Scratch,
     found: Vec<Found>,
     stats: Stats,
+    /// What changed since the last [`Engine::persist`] (tracked only when persisting).
+    changes: Option<Box<Changes>>,
+}
+
+/// A group's changes since the last write of its state.
+#[derive(Default)]
+struct Changes {
+    keys: HashSet<(usize, KeyVal)>,
+    windows: HashSet<(usize, KeyVal)>,
+    /// Events added to the reorder buffer, by arrival (removed again if released before the
+    /// write, so they are never written).
+    added: HashMap<u64, Arc<Event>>,
+    /// Events released that an earlier write stored: (stream, time, arrival).
+    released: Vec<(u32, Nanos, u64)>,
+    /// Watermarks or time moved.
+    time: bool,
 }
 
 impl Group {
@@ -203,6 +221,7 @@ impl Group {
             scratch: Scratch::default(),
             found: Vec::new(),
             stats: Stats::default(),
+            changes: None,
         })
     }
 
@@ -262,10 +281,15 @@ impl Group {
             *seen = Some(seen.map_or(event.time, |m| m.max(event.time)));
         }
         self.arrival += 1;
+        let event = Arc::new(event);
+        if let Some(c) = self.changes.as_mut() {
+            c.added.insert(self.arrival, Arc::clone(&event));
+            c.time = true;
+        }
         self.reorder.push(Reverse(Buffered {
             time: event.time,
             arrival: self.arrival,
-            event: Arc::new(event),
+            event,
         }));
         let wm = self.global_watermark();
         self.release(wm, out);
@@ -299,12 +323,22 @@ impl Group {
                 (Some(t), None) => self.fire_timers(t, out),
                 (_, Some(_)) => {
                     if let Some(Reverse(b)) = self.reorder.pop() {
+                        if let Some(c) = self.changes.as_mut()
+                            && c.added.remove(&b.arrival).is_none()
+                        {
+                            c.released.push((b.event.stream, b.time, b.arrival));
+                        }
                         self.now = self.now.max(b.time.saturating_sub(1));
                         self.process(b.event, out);
                     }
                 }
                 (None, None) => break,
             }
+        }
+        if up_to > self.now
+            && let Some(c) = self.changes.as_mut()
+        {
+            c.time = true;
         }
         self.now = self.now.max(up_to);
     }
@@ -322,7 +356,11 @@ impl Group {
     fn fire_timers(&mut self, t: Nanos, out: &mut dyn FnMut(Alert)) {
         // Window closes first: their outputs are events at time t for the rules.
         for a in 0..self.aggregates.len() {
-            let produced = self.aggregates[a].close_due(t);
+            let mut touched = Vec::new();
+            let produced = self.aggregates[a].close_due(t, &mut touched);
+            if let Some(c) = self.changes.as_mut() {
+                c.windows.extend(touched.into_iter().map(|k| (a, k)));
+            }
             let output = self.aggregates[a].def().output;
             for fields in produced {
                 let event = Arc::new(Event {
@@ -350,6 +388,9 @@ impl Group {
     }
 
     fn advance_key(&mut self, r: usize, key: &KeyVal, now: Nanos, out: &mut dyn FnMut(Alert)) {
+        if let Some(c) = self.changes.as_mut() {
+            c.keys.insert((r, key.clone()));
+        }
         let rt = &mut self.rules[r];
         let Some(slot) = rt.keys.get_mut(key) else {
             return;
@@ -386,7 +427,12 @@ impl Group {
         for ci in 0..n {
             let c = self.consumers[event.stream as usize][ci];
             match c {
-                Consumer::Aggregate(a) => self.aggregates[a].add(&event),
+                Consumer::Aggregate(a) => {
+                    let key = self.aggregates[a].add(&event);
+                    if let Some(c) = self.changes.as_mut() {
+                        c.windows.insert((a, key));
+                    }
+                }
                 Consumer::Rule(r) => {
                     let rt = &mut self.rules[r];
                     let fields = rt
@@ -395,6 +441,9 @@ impl Group {
                         .find(|(s, _)| s.0 == event.stream)
                         .map_or(&[][..], |(_, v)| &v[..]);
                     let key = KeyVal::of(&event, fields);
+                    if let Some(c) = self.changes.as_mut() {
+                        c.keys.insert((r, key.clone()));
+                    }
                     let slot = rt.keys.entry(key.clone()).or_insert_with(|| {
                         self.stats.keys += 1;
                         Box::new(Slot {
@@ -474,6 +523,8 @@ pub struct Engine {
     group_of: Vec<usize>,
     /// Streams of each group.
     members: Vec<Vec<StreamId>>,
+    /// Per stream, a fingerprint of its schema (stored events of another schema are dropped).
+    schema_fp: Vec<u64>,
 }
 
 impl Engine {
@@ -535,11 +586,13 @@ impl Engine {
                 .collect();
             groups.push(Group::new(Arc::clone(&program), &rules, &aggs)?);
         }
+        let schema_fp = program.streams.iter().map(persist::fingerprint).collect();
         Ok(Engine {
             program,
             groups,
             group_of,
             members,
+            schema_fp,
         })
     }
 
@@ -573,6 +626,16 @@ impl Engine {
         self.group_of
             .get(stream.0 as usize)
             .map_or(Nanos::MIN, |&g| self.groups[g].watermark(stream))
+    }
+
+    /// The newest event time seen on a stream (restored state included).
+    pub fn newest(&self, stream: StreamId) -> Option<Nanos> {
+        let g = self.group_of.get(stream.0 as usize)?;
+        self.groups[*g]
+            .max_seen
+            .get(stream.0 as usize)
+            .copied()
+            .flatten()
     }
 
     /// The groups of streams that share event time, by index.
@@ -629,6 +692,249 @@ impl Engine {
     /// Approximate bytes of per-key state held, over all rules.
     pub fn state_bytes(&self) -> usize {
         self.groups.iter().map(Group::state_bytes).sum()
+    }
+
+    /// Starts tracking what changes, for [`Engine::persist`] (off by default: a replay
+    /// does not pay for it).
+    pub fn track_changes(&mut self) {
+        for g in &mut self.groups {
+            g.changes.get_or_insert_with(Box::default);
+        }
+    }
+
+    /// Writes every record that changed since the last call (see [`persist`]).
+    pub fn persist(&mut self, w: &mut dyn persist::StateWriter) -> anyhow::Result<()> {
+        use crate::store::encode;
+        use persist::{KEYS, named_key};
+        for (gi, g) in self.groups.iter_mut().enumerate() {
+            let Some(changes) = g.changes.as_mut() else {
+                continue;
+            };
+            let c = std::mem::take(&mut **changes);
+            for (r, key) in c.keys {
+                let rt = &g.rules[r];
+                let k = named_key(b'k', &rt.nfa.rule.name, &persist::key_bytes(&key));
+                match rt.keys.get(&key) {
+                    Some(slot) => {
+                        #[derive(serde::Serialize)]
+                        struct Ref<'a> {
+                            fingerprint: u64,
+                            state: &'a KeyState,
+                        }
+                        let v = encode(&Ref {
+                            fingerprint: rt.nfa.rule.fingerprint,
+                            state: &slot.state,
+                        })?;
+                        w.put(KEYS, k, v);
+                    }
+                    None => w.delete(KEYS, k),
+                }
+            }
+            for (a, key) in c.windows {
+                let agg = &g.aggregates[a];
+                let name = &self.program.stream(agg.def().output).name;
+                let k = named_key(b'a', name, &persist::key_bytes(&key));
+                match agg.windows(&key) {
+                    Some(windows) => {
+                        #[derive(serde::Serialize)]
+                        struct Ref<'a> {
+                            fingerprint: u64,
+                            windows: &'a window::KeyWindows,
+                        }
+                        let v = encode(&Ref {
+                            fingerprint: agg.fingerprint(),
+                            windows,
+                        })?;
+                        w.put(KEYS, k, v);
+                    }
+                    None => w.delete(KEYS, k),
+                }
+            }
+            for (stream, time, arrival) in c.released {
+                let name = &self.program.stream(StreamId(stream)).name;
+                w.delete(
+                    persist::GROUPS,
+                    named_key(b'r', name, &persist::buffered_suffix(time, arrival)),
+                );
+            }
+            for (arrival, event) in c.added {
+                let id = StreamId(event.stream);
+                let v = encode(&persist::BufferedRecord {
+                    schema: self.schema_fp.get(id.0 as usize).copied().unwrap_or(0),
+                    fields: event.fields.clone(),
+                })?;
+                w.put(
+                    persist::GROUPS,
+                    named_key(
+                        b'r',
+                        &self.program.stream(id).name,
+                        &persist::buffered_suffix(event.time, arrival),
+                    ),
+                    v,
+                );
+            }
+            if c.time {
+                for id in &self.members[gi] {
+                    let rec = persist::StreamRecord {
+                        schema: self.schema_fp.get(id.0 as usize).copied().unwrap_or(0),
+                        max_seen: g.max_seen.get(id.0 as usize).copied().flatten(),
+                        forced: g.forced,
+                        now: g.now,
+                        arrival: g.arrival,
+                    };
+                    w.put(
+                        persist::GROUPS,
+                        named_key(b's', &self.program.stream(*id).name, &[]),
+                        encode(&rec)?,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads records written by [`Engine::persist`] (from `keys` and `groups`). Records of
+    /// rules, aggregates or streams that changed or are gone are deleted through `stale`.
+    pub fn restore(
+        &mut self,
+        keys: Vec<(Vec<u8>, Vec<u8>)>,
+        groups: Vec<(Vec<u8>, Vec<u8>)>,
+        stale: &mut dyn persist::StateWriter,
+    ) -> Restored {
+        use crate::store::decode;
+        use persist::{GROUPS, KEYS};
+        let mut out = Restored::default();
+        let mut dropped: std::collections::BTreeMap<String, u64> = Default::default();
+        let current_schema = |id: StreamId| self.schema_fp.get(id.0 as usize).copied();
+        // Streams first: their times, then their buffered events.
+        let mut valid_streams = HashSet::new();
+        for (k, v) in &groups {
+            let Some((b's', name, _)) = persist::split_key(k) else {
+                continue;
+            };
+            let rec: Option<persist::StreamRecord> = decode(v).ok();
+            let id = self.program.stream_id(name);
+            match (id, rec) {
+                (Some(id), Some(rec)) if current_schema(id) == Some(rec.schema) => {
+                    valid_streams.insert(id);
+                    if let Some(&g) = self.group_of.get(id.0 as usize) {
+                        let g = &mut self.groups[g];
+                        if let Some(slot) = g.max_seen.get_mut(id.0 as usize) {
+                            *slot = rec.max_seen;
+                        }
+                        g.forced = g.forced.max(rec.forced);
+                        g.now = g.now.max(rec.now);
+                        g.arrival = g.arrival.max(rec.arrival);
+                    }
+                }
+                _ => {
+                    *dropped.entry(format!("stream {name}")).or_default() += 1;
+                    stale.delete(GROUPS, k.clone());
+                }
+            }
+        }
+        for (k, v) in groups {
+            let Some((b'r', name, rest)) = persist::split_key(&k) else {
+                continue;
+            };
+            let id = self.program.stream_id(name);
+            let rec: Option<persist::BufferedRecord> = decode(&v).ok();
+            let at = persist::parse_buffered_suffix(rest);
+            match (id, rec, at) {
+                (Some(id), Some(rec), Some((time, arrival)))
+                    if valid_streams.contains(&id) && current_schema(id) == Some(rec.schema) =>
+                {
+                    if let Some(&g) = self.group_of.get(id.0 as usize) {
+                        self.groups[g].reorder.push(Reverse(Buffered {
+                            time,
+                            arrival,
+                            event: Arc::new(Event {
+                                stream: id.0,
+                                time,
+                                fields: rec.fields,
+                            }),
+                        }));
+                        out.buffered += 1;
+                    }
+                }
+                _ => stale.delete(GROUPS, k),
+            }
+        }
+        // Per-key state.
+        for (k, v) in keys {
+            let Some((tag, name, rest)) = persist::split_key(&k) else {
+                stale.delete(KEYS, k);
+                continue;
+            };
+            let key: Option<KeyVal> = postcard::from_bytes(rest).ok();
+            let placed = match (tag, key) {
+                (b'k', Some(key)) => self.restore_key(name, key, &v, &mut out),
+                (b'a', Some(key)) => self.restore_windows(name, key, &v, &mut out),
+                _ => false,
+            };
+            if !placed {
+                *dropped.entry(name.to_owned()).or_default() += 1;
+                stale.delete(KEYS, k);
+            }
+        }
+        out.dropped = dropped.into_iter().collect();
+        out
+    }
+
+    fn restore_key(&mut self, rule: &str, key: KeyVal, value: &[u8], out: &mut Restored) -> bool {
+        for g in &mut self.groups {
+            let Some(r) = g.rules.iter().position(|rt| rt.nfa.rule.name == rule) else {
+                continue;
+            };
+            let rt = &mut g.rules[r];
+            let Ok(rec) = crate::store::decode::<persist::KeyRecord>(value) else {
+                return false;
+            };
+            if rec.fingerprint != rt.nfa.rule.fingerprint || rec.state.is_empty() {
+                return false;
+            }
+            out.keys += 1;
+            out.runs += rec.state.runs.len() as u64;
+            g.stats.keys += 1;
+            g.stats.runs += rec.state.runs.len() as u64;
+            rt.keys.insert(
+                key.clone(),
+                Box::new(Slot {
+                    state: rec.state,
+                    scheduled: None,
+                }),
+            );
+            reschedule(rt, &key, &mut g.stats);
+            return true;
+        }
+        false
+    }
+
+    fn restore_windows(
+        &mut self,
+        output: &str,
+        key: KeyVal,
+        value: &[u8],
+        out: &mut Restored,
+    ) -> bool {
+        let Some(id) = self.program.stream_id(output) else {
+            return false;
+        };
+        for g in &mut self.groups {
+            let Some(agg) = g.aggregates.iter_mut().find(|a| a.def().output == id) else {
+                continue;
+            };
+            let Ok(rec) = crate::store::decode::<persist::AggRecord>(value) else {
+                return false;
+            };
+            if rec.fingerprint != agg.fingerprint() {
+                return false;
+            }
+            agg.restore(key, rec.windows);
+            out.windows += 1;
+            return true;
+        }
+        false
     }
 }
 

@@ -15,7 +15,7 @@ use super::buffer::{Buffer, NIL};
 use super::eval::{self, Ctx};
 
 /// A partial match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Run {
     /// The NFA state: which step took the last event.
     pub state: StateId,
@@ -40,7 +40,7 @@ pub struct Run {
 }
 
 /// Why an output was produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FoundKind {
     /// A completed match.
     Match,
@@ -50,7 +50,7 @@ pub enum FoundKind {
 
 /// A match or timeout found for this key. Holds a reference on `tail`, which the caller
 /// releases (through [`KeyState::release`]) once the alert is built.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Found {
     /// Match or timeout.
     pub kind: FoundKind,
@@ -67,7 +67,7 @@ pub struct Found {
 }
 
 /// Everything one key holds for one rule.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyState {
     /// Matched events, shared between runs.
     pub buffer: Buffer,

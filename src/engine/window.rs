@@ -13,7 +13,7 @@ use super::eval::{self, Ctx, compare};
 use super::key::KeyVal;
 
 /// One running aggregate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Acc {
     Count(i64),
     Sum {
@@ -118,7 +118,9 @@ impl Acc {
     }
 }
 
-struct KeyWindows {
+/// One key's open windows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KeyWindows {
     key_values: Vec<Value>,
     /// Open windows by end time.
     open: BTreeMap<Nanos, Vec<Acc>>,
@@ -127,6 +129,7 @@ struct KeyWindows {
 /// The running state of one aggregate.
 pub struct AggRuntime {
     def: Aggregate,
+    fingerprint: u64,
     keys: HashMap<KeyVal, KeyWindows>,
     closes: BinaryHeap<Reverse<(Nanos, KeyVal)>>,
     empty: Buffer,
@@ -136,6 +139,7 @@ impl AggRuntime {
     /// State for one aggregate definition.
     pub fn new(def: Aggregate) -> AggRuntime {
         AggRuntime {
+            fingerprint: super::persist::fingerprint(&def),
             def,
             keys: HashMap::new(),
             closes: BinaryHeap::new(),
@@ -153,8 +157,26 @@ impl AggRuntime {
         self.closes.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Adds a source event to every window that contains its time.
-    pub fn add(&mut self, event: &Event) {
+    /// A stable hash of the definition: stored windows of another definition are dropped.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// A key's open windows.
+    pub fn windows(&self, key: &KeyVal) -> Option<&KeyWindows> {
+        self.keys.get(key)
+    }
+
+    /// Puts back a key's open windows (loading state).
+    pub fn restore(&mut self, key: KeyVal, windows: KeyWindows) {
+        for end in windows.open.keys() {
+            self.closes.push(Reverse((*end, key.clone())));
+        }
+        self.keys.insert(key, windows);
+    }
+
+    /// Adds a source event to every window that contains its time; returns its key.
+    pub fn add(&mut self, event: &Event) -> KeyVal {
         let key = KeyVal::of(event, &self.def.key);
         let size = self.def.size;
         let every = self.def.every.max(1);
@@ -209,10 +231,11 @@ impl AggRuntime {
                 break;
             }
         }
+        key
     }
 
     /// Closes every window ending at or before `t`; returns the output events' fields.
-    pub fn close_due(&mut self, t: Nanos) -> Vec<Box<[Value]>> {
+    pub fn close_due(&mut self, t: Nanos, touched: &mut Vec<KeyVal>) -> Vec<Box<[Value]>> {
         let mut out = Vec::new();
         while let Some(Reverse((end, _))) = self.closes.peek() {
             if *end > t {
@@ -227,6 +250,7 @@ impl AggRuntime {
             let Some(accs) = kw.open.remove(&end) else {
                 continue;
             };
+            touched.push(key.clone());
             let accumulated: Vec<Value> = accs
                 .iter()
                 .zip(&self.def.accumulators)

@@ -39,6 +39,7 @@ use crate::delivery::{self, Deliver, OutAlert};
 use crate::devices::Profile;
 use crate::engine::Engine;
 use crate::engine::alert::Alert;
+use crate::engine::persist::{self, StateWriter};
 use crate::event::Nanos;
 use crate::io::deadletter::{
     self, BadMessages, DeadLetter, DeadLetterReport, DeadLetterSink, Letter,
@@ -46,7 +47,7 @@ use crate::io::deadletter::{
 use crate::io::mqtt::{self, Inbound, MqttSource, Publisher, SourceReport, SourceStatus};
 use crate::lang::diagnostic::Diagnostic;
 use crate::lang::source::Sources;
-use crate::store::Store;
+use crate::store::{Ops, Store};
 
 /// Wall-clock time, injected so that tests decide what "now" is.
 pub trait Clock: Send + Sync {
@@ -628,6 +629,8 @@ pub struct Worker {
     profiles: Vec<Profile>,
     clock: Arc<dyn Clock>,
     dedupe: Dedupe,
+    /// State changes of the current batch.
+    ops: Ops,
     idle: Vec<IdleStream>,
     /// Rules whose alerts some sink receives.
     routed: HashSet<String>,
@@ -657,7 +660,7 @@ impl Worker {
         dead: mpsc::Sender<Letter>,
         applied: watch::Sender<u64>,
     ) -> anyhow::Result<Worker> {
-        let idle = program
+        let idle: Vec<IdleStream> = program
             .streams
             .iter()
             .map(|s| IdleStream {
@@ -667,12 +670,52 @@ impl Worker {
                 last_arrival: 0,
             })
             .collect();
-        let engine = Engine::new(program).context("cannot compile the rules")?;
+        let mut engine = Engine::new(program).context("cannot compile the rules")?;
+        engine.track_changes();
+        // What the last run left: partial matches, buffered events, watermarks, and the
+        // messages it applied (so the broker's redeliveries of them are dropped).
+        let store = Arc::clone(outbox.store());
+        let mut stale = Ops::default();
+        let restored = engine.restore(
+            store.scan(persist::KEYS)?,
+            store.scan(persist::GROUPS)?,
+            &mut stale,
+        );
+        let dedupe = Dedupe::load(
+            dedupe_window,
+            store.scan(crate::store::cf::DEDUPE)?,
+            &mut stale,
+        );
+        if !stale.is_empty() {
+            let mut batch = store.batch();
+            batch.apply(&stale)?;
+            store.write(batch)?;
+        }
+        for (what, records) in &restored.dropped {
+            tracing::info!(rule = %what, records,
+                "state of a rule or stream that changed (or is gone) was dropped: it starts afresh");
+        }
+        if restored.keys + restored.buffered + restored.windows > 0 {
+            tracing::info!(
+                keys = restored.keys,
+                partial_matches = restored.runs,
+                buffered_events = restored.buffered,
+                windows = restored.windows,
+                "state restored"
+            );
+        }
+        let now = clock.now();
+        let mut idle: Vec<IdleStream> = idle;
+        for (i, s) in idle.iter_mut().enumerate() {
+            s.max_time = engine.newest(StreamId(i as u32));
+            s.last_arrival = now;
+        }
         Ok(Worker {
             engine,
             profiles,
             clock,
-            dedupe: Dedupe::new(dedupe_window),
+            dedupe,
+            ops: Ops::default(),
             idle,
             routed,
             outbox,
@@ -734,14 +777,20 @@ impl Worker {
     /// acknowledge the batch's messages. A failed write is retried: acknowledging without it
     /// could lose the alerts.
     fn commit(&mut self) {
-        if !self.staged.is_empty() {
+        if let Err(e) = self.engine.persist(&mut self.ops) {
+            // Encoding state cannot fail for values the engine built; if it does, the alerts
+            // and acknowledgements still go ahead, and the state is as after a crash.
+            tracing::error!(error = %format!("{e:#}"), "cannot encode engine state");
+        }
+        self.dedupe.persist(&mut self.ops);
+        if !self.staged.is_empty() || !self.ops.is_empty() {
             let mut failures = 0u32;
             loop {
                 let store = self.outbox.store();
                 let mut batch = store.batch();
-                let written = self
-                    .outbox
-                    .stage(&mut batch, &self.staged)
+                let written = batch
+                    .apply(&self.ops)
+                    .and_then(|()| self.outbox.stage(&mut batch, &self.staged))
                     .and_then(|()| store.write(batch));
                 match written {
                     Ok(()) => break,
@@ -750,20 +799,23 @@ impl Worker {
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(60) {
                             tracing::error!(error = %format!("{e:#}"), failures,
-                                "cannot write alerts to the outbox; retrying every second, nothing is acknowledged meanwhile");
+                                "cannot write state and alerts; retrying every second, nothing is acknowledged meanwhile");
                         }
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
             }
-            self.report.stored += self.staged.len() as u64;
-            tracing::debug!(
-                alerts = self.staged.len(),
-                stored = self.report.stored,
-                "alerts written to the outbox"
-            );
-            self.staged.clear();
-            self.outbox.committed();
+            self.ops.clear();
+            if !self.staged.is_empty() {
+                self.report.stored += self.staged.len() as u64;
+                tracing::debug!(
+                    alerts = self.staged.len(),
+                    stored = self.report.stored,
+                    "alerts written to the outbox"
+                );
+                self.staged.clear();
+                self.outbox.committed();
+            }
         }
         self.applied.send_if_modified(|v| {
             let changed = *v != self.last_seq;
@@ -909,13 +961,17 @@ impl Worker {
 }
 
 /// Remembers the last `capacity` messages (topic and payload, hashed) to drop redeliveries:
-/// after a reconnect the broker sends again what it had not seen acknowledged, and some of it
-/// was applied already. A device reading carries its time, so the same payload on the same
-/// topic is the same reading.
+/// after a reconnect, or a restart, the broker sends again what it had not seen acknowledged,
+/// and some of it was applied already. A device reading carries its time, so the same payload
+/// on the same topic is the same reading. The window is stored with the state it belongs to
+/// (one record per message, by a running number), so it survives a crash.
 struct Dedupe {
     capacity: usize,
     seen: HashSet<u64>,
-    order: VecDeque<u64>,
+    order: VecDeque<(u64, u64)>,
+    next: u64,
+    added: Vec<(u64, u64)>,
+    evicted: Vec<u64>,
 }
 
 impl Dedupe {
@@ -924,7 +980,39 @@ impl Dedupe {
             capacity,
             seen: HashSet::with_capacity(capacity.min(1 << 16)),
             order: VecDeque::with_capacity(capacity.min(1 << 16)),
+            next: 0,
+            added: Vec::new(),
+            evicted: Vec::new(),
         }
+    }
+
+    /// The window as stored (records in number order); records beyond the capacity are
+    /// deleted through `stale`.
+    fn load(
+        capacity: usize,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        stale: &mut dyn StateWriter,
+    ) -> Dedupe {
+        let mut d = Dedupe::new(capacity);
+        let parsed: Vec<(u64, u64)> = records
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = u64::from_be_bytes(k.as_slice().try_into().ok()?);
+                let h = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+                Some((n, h))
+            })
+            .collect();
+        let keep_from = parsed.len().saturating_sub(capacity);
+        for (i, (n, h)) in parsed.into_iter().enumerate() {
+            d.next = d.next.max(n + 1);
+            if i < keep_from {
+                stale.delete(crate::store::cf::DEDUPE, n.to_be_bytes().to_vec());
+            } else {
+                d.seen.insert(h);
+                d.order.push_back((n, h));
+            }
+        }
+        d
     }
 
     /// True the first time a message is seen within the window.
@@ -932,20 +1020,38 @@ impl Dedupe {
         if self.capacity == 0 {
             return true;
         }
-        let mut h = std::hash::DefaultHasher::new();
+        // A fixed seed: the window outlives the process.
+        let mut h = std::hash::BuildHasher::build_hasher(
+            &foldhash::quality::FixedState::with_seed(0x7465_726e),
+        );
         topic.hash(&mut h);
         payload.hash(&mut h);
         let key = h.finish();
         if !self.seen.insert(key) {
             return false;
         }
-        self.order.push_back(key);
+        let n = self.next;
+        self.next += 1;
+        self.order.push_back((n, key));
+        self.added.push((n, key));
         if self.order.len() > self.capacity
-            && let Some(old) = self.order.pop_front()
+            && let Some((old_n, old)) = self.order.pop_front()
         {
             self.seen.remove(&old);
+            self.evicted.push(old_n);
         }
         true
+    }
+
+    /// Moves the window's changes into `w`.
+    fn persist(&mut self, w: &mut dyn StateWriter) {
+        let family = crate::store::cf::DEDUPE;
+        for n in self.evicted.drain(..) {
+            w.delete(family, n.to_be_bytes().to_vec());
+        }
+        for (n, h) in self.added.drain(..) {
+            w.put(family, n.to_be_bytes().to_vec(), h.to_be_bytes().to_vec());
+        }
     }
 }
 

@@ -227,6 +227,37 @@ impl Store {
         Ok(())
     }
 
+    /// Every record of a family, in key order (loading state at startup).
+    pub fn scan(&self, family: &str) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.family(family)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records and bytes (keys plus values) per record kind of a family, by the first byte
+    /// of the key and the name that follows it (`tern state`).
+    pub fn usage(&self, family: &str) -> anyhow::Result<Vec<(String, u64, u64)>> {
+        let cf = self.family(family)?;
+        let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            let name = match k.iter().position(|b| *b == 0) {
+                Some(nul) if nul > 1 => {
+                    format!("{}:{}", k[0] as char, String::from_utf8_lossy(&k[1..nul]))
+                }
+                _ => family.to_owned(),
+            };
+            let e = by.entry(name).or_default();
+            e.0 += 1;
+            e.1 += (k.len() + v.len()) as u64;
+        }
+        Ok(by.into_iter().map(|(n, (c, b))| (n, c, b)).collect())
+    }
+
     /// Number of outbox entries from `from` on (counted, for tests and `tern state`).
     pub fn outbox_len(&self, from: u64) -> anyhow::Result<u64> {
         let cf = self.family(cf::OUTBOX)?;
@@ -240,6 +271,43 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// Record changes collected before they are written (so a failed write can be tried again
+/// with the same changes).
+#[derive(Debug, Default)]
+pub struct Ops {
+    ops: Vec<Op>,
+}
+
+/// One change: family, key, and the new value (`None`: delete).
+type Op = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+impl Ops {
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when there is no change.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Forgets every change.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+}
+
+impl crate::engine::persist::StateWriter for Ops {
+    fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((family, key, Some(value)));
+    }
+
+    fn delete(&mut self, family: &'static str, key: Vec<u8>) {
+        self.ops.push((family, key, None));
     }
 }
 
@@ -257,6 +325,18 @@ impl Batch<'_> {
         let meta = self.store.family(cf::META)?;
         self.batch
             .put_cf(meta, OUTBOX_NEXT_KEY, (seq + 1).to_be_bytes());
+        Ok(())
+    }
+
+    /// Adds collected changes, in order.
+    pub fn apply(&mut self, ops: &Ops) -> anyhow::Result<()> {
+        for (family, key, value) in &ops.ops {
+            let cf = self.store.family(family)?;
+            match value {
+                Some(v) => self.batch.put_cf(cf, key, v),
+                None => self.batch.delete_cf(cf, key),
+            }
+        }
         Ok(())
     }
 

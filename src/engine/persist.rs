@@ -1,0 +1,163 @@
+//! The engine's state as durable records: what changed since the last write, and how to load
+//! it back.
+//!
+//! Records (families are the store's, `keys` and `groups`):
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `keys` | `k` rule name `\0` key | the rule's fingerprint and the key's [`KeyState`] |
+//! | `keys` | `a` aggregate stream `\0` key | the aggregate's fingerprint and its open windows |
+//! | `groups` | `s` stream name | the stream's schema fingerprint, newest event time, and its group's time |
+//! | `groups` | `r` stream name `\0` time `\0` arrival | an event waiting in the reorder buffer |
+//!
+//! A record whose fingerprint no longer matches (the rule, its streams' schemas or the
+//! aggregate changed) is dropped at load, and so is one whose rule or stream is gone: a changed
+//! rule starts afresh, the others keep their partial matches.
+
+use serde::{Deserialize, Serialize};
+
+use super::key::KeyVal;
+use super::run::KeyState;
+use crate::event::{Nanos, Value};
+
+/// Family of per-key records.
+pub const KEYS: &str = "keys";
+/// Family of per-stream records.
+pub const GROUPS: &str = "groups";
+
+/// Where changed records go (a RocksDB write batch).
+pub trait StateWriter {
+    /// Sets a record.
+    fn put(&mut self, family: &'static str, key: Vec<u8>, value: Vec<u8>);
+    /// Removes a record.
+    fn delete(&mut self, family: &'static str, key: Vec<u8>);
+}
+
+/// Per (rule, key).
+#[derive(Serialize, Deserialize)]
+pub(super) struct KeyRecord {
+    pub fingerprint: u64,
+    pub state: KeyState,
+}
+
+/// Per (aggregate, key).
+#[derive(Serialize, Deserialize)]
+pub(super) struct AggRecord {
+    pub fingerprint: u64,
+    pub windows: super::window::KeyWindows,
+}
+
+/// Per stream: its own time and its group's.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub(super) struct StreamRecord {
+    pub schema: u64,
+    pub max_seen: Option<Nanos>,
+    pub forced: Nanos,
+    pub now: Nanos,
+    pub arrival: u64,
+}
+
+/// An event in the reorder buffer.
+#[derive(Serialize, Deserialize)]
+pub(super) struct BufferedRecord {
+    pub schema: u64,
+    pub fields: Box<[Value]>,
+}
+
+/// What a load found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Keys with partial matches, over all rules.
+    pub keys: u64,
+    /// Partial matches.
+    pub runs: u64,
+    /// Open aggregate windows' keys.
+    pub windows: u64,
+    /// Events back in reorder buffers.
+    pub buffered: u64,
+    /// Per rule or aggregate whose compiled form changed (or that is gone): records dropped.
+    pub dropped: Vec<(String, u64)>,
+}
+
+/// `tag` name `\0` rest.
+pub(super) fn named_key(tag: u8, name: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + name.len() + rest.len());
+    k.push(tag);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// Splits what [`named_key`] built.
+pub(super) fn split_key(key: &[u8]) -> Option<(u8, &str, &[u8])> {
+    let (&tag, rest) = key.split_first()?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let name = std::str::from_utf8(&rest[..nul]).ok()?;
+    Some((tag, name, &rest[nul + 1..]))
+}
+
+/// The key of a per-key record.
+pub(super) fn key_bytes(key: &KeyVal) -> Vec<u8> {
+    postcard::to_allocvec(key).unwrap_or_default()
+}
+
+/// Time and arrival, ordered as bytes the way they order as numbers.
+pub(super) fn buffered_suffix(time: Nanos, arrival: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+    out[8..].copy_from_slice(&arrival.to_be_bytes());
+    out
+}
+
+/// Reads [`buffered_suffix`].
+pub(super) fn parse_buffered_suffix(b: &[u8]) -> Option<(Nanos, u64)> {
+    let t: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    let a: [u8; 8] = b.get(8..16)?.try_into().ok()?;
+    Some((
+        (u64::from_be_bytes(t) ^ (1 << 63)) as Nanos,
+        u64::from_be_bytes(a),
+    ))
+}
+
+/// FNV-1a over a value's JSON without source positions (`span`, `origin`): a stable
+/// fingerprint of a schema or definition, the same whichever order files were loaded in.
+pub(super) fn fingerprint<T: Serialize>(value: &T) -> u64 {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("span");
+                m.remove("origin");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(value).unwrap_or_default();
+    strip(&mut json);
+    let text = json.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort_by_time() {
+        let k = named_key(b'r', "flow", &buffered_suffix(-5, 7));
+        let (tag, name, rest) = split_key(&k).unwrap();
+        assert_eq!((tag, name), (b'r', "flow"));
+        assert_eq!(parse_buffered_suffix(rest), Some((-5, 7)));
+        assert!(buffered_suffix(-5, 1) < buffered_suffix(3, 0));
+        assert!(buffered_suffix(3, 0) < buffered_suffix(3, 1));
+    }
+}
