@@ -212,3 +212,38 @@ fn a_changed_rule_loses_only_its_own_state() {
         before.iter().find(|(n, _, _)| n == "k:p1")
     );
 }
+
+#[test]
+fn tern_state_reports_keys_and_partial_matches_per_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = program(dir.path());
+    let events = events(&program);
+    let state = dir.path().join("state");
+    {
+        let store = Store::open(&state, false).unwrap();
+        let mut engine = Engine::new(Arc::clone(&program)).unwrap();
+        engine.track_changes();
+        feed(&mut engine, &events[..5_000], &store, 100, &mut Vec::new());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["state", "--dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // p3 (an absence) holds one partial match for every camera: 40.
+    let p3 = text
+        .lines()
+        .find(|l| l.starts_with("rule") && l.contains(" p3 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = p3.split_whitespace().collect();
+    assert_eq!(&cols[2..4], ["40", "40"], "{p3}");
+    assert!(text.contains("reorder    cam"), "{text}");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["state", "--dir"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}

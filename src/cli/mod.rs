@@ -8,6 +8,7 @@ pub mod record;
 pub mod replay;
 pub mod run;
 pub mod simulate;
+pub mod state;
 pub mod webhook_receiver;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Embedded broker, simulated devices, the bundled rules: alerts as they fire.
     Demo(demo::DemoArgs),
+    /// Show what a state directory holds: per rule keys, partial matches, bytes; the outbox.
+    State(state::StateArgs),
     /// Receive alert webhooks, verify their signatures and print them (to test a setup).
     WebhookReceiver(webhook_receiver::ReceiverArgs),
 }
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Record(args) => record::run(args),
         Command::Demo(args) => demo::run(args),
         Command::WebhookReceiver(args) => webhook_receiver::run(args),
+        Command::State(args) => state::run(args),
     };
     match result {
         Ok(outcome) => outcome,

@@ -79,6 +79,41 @@ pub struct Restored {
     pub dropped: Vec<(String, u64)>,
 }
 
+/// What one stored record is, for `tern state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// `rule`, `aggregate`, `stream` or `buffered`.
+    pub kind: &'static str,
+    /// The rule, aggregate or stream.
+    pub name: String,
+    /// Partial matches in a rule's key record (0 for other kinds).
+    pub runs: u64,
+}
+
+/// Describes a record of the `keys` or `groups` family; `None` for one this build cannot read.
+pub fn describe(key: &[u8], value: &[u8]) -> Option<RecordInfo> {
+    let (tag, name, _) = split_key(key)?;
+    let (kind, runs) = match tag {
+        b'k' => (
+            "rule",
+            crate::store::decode::<KeyRecord>(value)
+                .ok()?
+                .state
+                .runs
+                .len() as u64,
+        ),
+        b'a' => ("aggregate", 0),
+        b's' => ("stream", 0),
+        b'r' => ("buffered", 0),
+        _ => return None,
+    };
+    Some(RecordInfo {
+        kind,
+        name: name.to_owned(),
+        runs,
+    })
+}
+
 /// `tag` name `\0` rest.
 pub(super) fn named_key(tag: u8, name: &str, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + name.len() + rest.len());

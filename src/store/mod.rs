@@ -111,6 +111,18 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens `dir` for reading only (while a `tern run` may hold it).
+    pub fn open_read_only(dir: &Path) -> anyhow::Result<Store> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, dir, cf::ALL, false)
+            .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+        Ok(Store {
+            db,
+            path: dir.to_owned(),
+            sync: false,
+        })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
