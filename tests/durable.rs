@@ -230,7 +230,11 @@ fn tern_state_reports_keys_and_partial_matches_per_rule() {
         .arg(&state)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     // p3 (an absence) holds one partial match for every camera: 40.
     let p3 = text
