@@ -251,3 +251,67 @@ fn tern_state_reports_keys_and_partial_matches_per_rule() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn replay_with_a_state_directory_continues_where_the_last_one_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = env!("CARGO_BIN_EXE_tern");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(tern)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let input = dir.path().join("w.jsonl");
+    let input_s = input.to_str().unwrap();
+    run(&[
+        "simulate", "--out", input_s, "--keys", "30", "--events", "8000", "--seed", "3",
+    ]);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (a, b) = lines.split_at(4_321);
+    let first = dir.path().join("a.jsonl");
+    let second = dir.path().join("b.jsonl");
+    std::fs::write(&first, a.join("\n")).unwrap();
+    std::fs::write(&second, b.join("\n")).unwrap();
+    let rules = [
+        "--rules",
+        "benches/workload.tern",
+        "benches/p1.tern",
+        "benches/p2.tern",
+        "benches/p3.tern",
+    ];
+    let ids = |out: String| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let mut whole_args = rules.to_vec();
+    whole_args.extend(["--input", input_s]);
+    let whole = ids(run(&[&["replay"], &whole_args[..]].concat()));
+    let state = dir.path().join("state");
+    let state_s = state.to_str().unwrap();
+    let mut got = Vec::new();
+    for (part, flush) in [(&first, false), (&second, true)] {
+        let mut args = vec!["replay"];
+        args.extend(rules);
+        args.extend(["--input", part.to_str().unwrap(), "--state", state_s]);
+        if !flush {
+            args.push("--no-flush");
+        }
+        got.extend(ids(run(&args)));
+    }
+    assert!(whole.len() > 50, "{}", whole.len());
+    assert_eq!(got, whole);
+}

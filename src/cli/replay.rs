@@ -57,6 +57,70 @@ pub struct ReplayArgs {
     /// Leave `emitted_at` out, so outputs compare byte for byte.
     #[arg(long)]
     pub no_emitted_at: bool,
+    /// Keep engine state in this RocksDB state directory, written every 1024 events as
+    /// `tern run` does (a later replay with the same directory continues from it).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// With `--state`: wait for the disk on every write, as `tern run` does by default.
+    #[arg(long)]
+    pub state_sync: bool,
+}
+
+/// Engine state written to a state directory every [`Durable::EVERY`] events.
+struct Durable {
+    store: crate::store::Store,
+    ops: crate::store::Ops,
+    since: usize,
+}
+
+impl Durable {
+    const EVERY: usize = 1024;
+
+    fn open(dir: &std::path::Path, sync: bool, engine: &mut Engine) -> anyhow::Result<Durable> {
+        use crate::engine::persist::{GROUPS, KEYS};
+        let store = crate::store::Store::open(dir, sync)?;
+        engine.track_changes();
+        let mut ops = crate::store::Ops::default();
+        let restored = engine.restore(store.scan(KEYS)?, store.scan(GROUPS)?, &mut ops);
+        if restored.keys + restored.buffered > 0 {
+            eprintln!(
+                "state: {} keys with {} partial matches and {} buffered events restored",
+                restored.keys, restored.runs, restored.buffered
+            );
+        }
+        let mut d = Durable {
+            store,
+            ops,
+            since: 0,
+        };
+        d.write()?;
+        Ok(d)
+    }
+
+    fn tick(&mut self, engine: &mut Engine) -> anyhow::Result<()> {
+        self.since += 1;
+        if self.since >= Self::EVERY {
+            self.checkpoint(engine)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, engine: &mut Engine) -> anyhow::Result<()> {
+        self.since = 0;
+        engine.persist(&mut self.ops)?;
+        self.write()
+    }
+
+    fn write(&mut self) -> anyhow::Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        batch.apply(&self.ops)?;
+        self.store.write(batch)?;
+        self.ops.clear();
+        Ok(())
+    }
 }
 
 /// Runs `tern replay`.
@@ -133,6 +197,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             let _ = writeln!(d, "{rec}");
         }
     };
+    let mut durable = match &args.state {
+        Some(dir) => Some(Durable::open(dir, args.state_sync, &mut engine)?),
+        None => None,
+    };
     let started = Instant::now();
     let json_reader = input::JsonReader::new(&program, default_stream);
     let mut feed = |line_no: u64,
@@ -156,6 +224,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
                 .context("CSV input needs --stream when the rules read several streams")?;
             for (line_no, rec) in input::csv_records(&program, stream, reader) {
                 feed(line_no, "", rec, &mut engine, &mut emit);
+                if let Some(d) = durable.as_mut() {
+                    d.tick(&mut engine)?;
+                }
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
@@ -179,11 +250,17 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
                     json_reader.line(line)
                 };
                 feed(i as u64, line, rec, &mut engine, &mut emit);
+                if let Some(d) = durable.as_mut() {
+                    d.tick(&mut engine)?;
+                }
             }
         }
     }
     if !args.no_flush {
         engine.flush(&mut emit);
+    }
+    if let Some(d) = durable.as_mut() {
+        d.checkpoint(&mut engine)?;
     }
     out.flush()?;
     if let Some(e) = write_error {
