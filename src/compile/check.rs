@@ -1542,9 +1542,15 @@ impl PatternChecker<'_, '_> {
     }
 }
 
-/// A stable 64-bit FNV-1a hash of a rule's meaning (its AST without spans, and the schemas of
-/// its streams), to tell whether a reloaded rule changed.
+/// A stable 64-bit hash of a rule's meaning (its AST without spans, and the schemas of its
+/// streams), to tell whether a reloaded rule changed.
 fn fingerprint<'s>(rule: &ast::Rule, streams: impl Iterator<Item = &'s StreamSchema>) -> u64 {
+    stable_hash(&(rule, streams.collect::<Vec<_>>()))
+}
+
+/// FNV-1a over a value's JSON without source positions (`span`, `origin`): the same for the
+/// same meaning whichever file, and wherever in it, the value was written.
+pub fn stable_hash<T: serde::Serialize>(value: &T) -> u64 {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(m) => {
@@ -1556,19 +1562,10 @@ fn fingerprint<'s>(rule: &ast::Rule, streams: impl Iterator<Item = &'s StreamSch
             _ => {}
         }
     }
-    let mut text = String::new();
-    if let Ok(mut v) = serde_json::to_value(rule) {
-        strip(&mut v);
-        text.push_str(&v.to_string());
-    }
-    for s in streams {
-        if let Ok(mut v) = serde_json::to_value(s) {
-            strip(&mut v);
-            text.push_str(&v.to_string());
-        }
-    }
+    let mut json = serde_json::to_value(value).unwrap_or_default();
+    strip(&mut json);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for b in json.to_string().bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

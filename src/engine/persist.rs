@@ -155,29 +155,10 @@ pub(super) fn parse_buffered_suffix(b: &[u8]) -> Option<(Nanos, u64)> {
     ))
 }
 
-/// FNV-1a over a value's JSON without source positions (`span`, `origin`): a stable
-/// fingerprint of a schema or definition, the same whichever order files were loaded in.
+/// A stable fingerprint of a schema or definition (see
+/// [`crate::compile::check::stable_hash`]).
 pub(super) fn fingerprint<T: Serialize>(value: &T) -> u64 {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("span");
-                m.remove("origin");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut json = serde_json::to_value(value).unwrap_or_default();
-    strip(&mut json);
-    let text = json.to_string();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::compile::check::stable_hash(value)
 }
 
 #[cfg(test)]
