@@ -239,6 +239,9 @@ pub async fn run(
     let mut committed = outbox.committed.subscribe();
     let limit = sink.batch_limit().max(1);
     let mut cursor = outbox.cursor(index);
+    // Entries read from the store and not handed over yet: a sink taking one alert at a time
+    // does not read the store again for each one.
+    let mut ahead: std::collections::VecDeque<(u64, OutAlert)> = Default::default();
     loop {
         let end = *committed.borrow_and_update();
         if cursor >= end {
@@ -260,28 +263,33 @@ pub async fn run(
         if stop.is_cancelled() {
             break;
         }
-        let store = Arc::clone(outbox.store());
-        let from = cursor;
-        let read =
-            tokio::task::spawn_blocking(move || store.outbox_read(from, READ_AHEAD.max(limit)))
-                .await??;
+        if ahead.is_empty() {
+            let store = Arc::clone(outbox.store());
+            let from = cursor;
+            let read =
+                tokio::task::spawn_blocking(move || store.outbox_read(from, READ_AHEAD.max(limit)))
+                    .await??;
+            ahead.extend(read);
+        }
         // Entries past `end` may be visible if the engine wrote meanwhile; leave them for the
         // next round so `end` stays the limit announced.
         let mut wanted: Vec<(u64, Arc<OutAlert>)> = Vec::new();
         let mut passed = cursor;
-        for (seq, alert) in read {
-            if seq >= end {
+        while let Some((seq, alert)) = ahead.front() {
+            let seq = *seq;
+            if seq >= end || (!wanted.is_empty() && !route.wants(alert)) {
                 break;
             }
+            let Some((_, alert)) = ahead.pop_front() else {
+                break;
+            };
             if route.wants(&alert) {
                 wanted.push((seq, Arc::new(alert)));
                 if wanted.len() >= limit {
                     break;
                 }
-            } else if wanted.is_empty() {
-                passed = seq + 1;
             } else {
-                break;
+                passed = seq + 1;
             }
         }
         if wanted.is_empty() {
@@ -327,7 +335,7 @@ pub async fn run(
             cursor = done;
         }
         if outcomes.len() < wanted.len() {
-            // Stopped while retrying.
+            // Stopped while retrying: what was not handed over stays in the outbox.
             break;
         }
     }

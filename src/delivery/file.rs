@@ -54,20 +54,12 @@ impl Deliver for FileSink {
                 text.push('\n');
             }
             // One write of whole lines, then sync: the cursor moves on only after this.
-            match self
+            let written = self
                 .file
                 .write_all(text.as_bytes())
                 .and_then(|()| self.file.sync_data())
-            {
-                Ok(()) => vec![Outcome::Delivered; batch.len()],
-                Err(e) => vec![
-                    Outcome::Failed {
-                        reason: format!("cannot write {}: {e}", self.path.display()),
-                        attempts: 1,
-                    };
-                    batch.len()
-                ],
-            }
+                .map_err(|e| format!("cannot write {}: {e}", self.path.display()));
+            Outcome::all(batch.len(), written)
         })
     }
 }

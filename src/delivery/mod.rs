@@ -152,6 +152,23 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The same outcome for `n` alerts written together (a file, stdout): all delivered, or
+    /// all failed with `error` after one attempt.
+    pub fn all(n: usize, written: Result<(), String>) -> Vec<Outcome> {
+        match written {
+            Ok(()) => vec![Outcome::Delivered; n],
+            Err(reason) => vec![
+                Outcome::Failed {
+                    reason,
+                    attempts: 1,
+                };
+                n
+            ],
+        }
+    }
+}
+
 /// The future [`Deliver::deliver`] returns.
 pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>>;
 

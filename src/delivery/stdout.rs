@@ -49,17 +49,12 @@ impl Deliver for StdoutSink {
             }
             // One write under the lock, so lines never interleave with other output.
             let mut out = std::io::stdout().lock();
-            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                Ok(()) => vec![Outcome::Delivered; batch.len()],
-                // A closed stdout (a pipe whose reader left) cannot be retried into working.
-                Err(e) => vec![
-                    Outcome::Failed {
-                        reason: format!("cannot write to stdout: {e}"),
-                        attempts: 1,
-                    };
-                    batch.len()
-                ],
-            }
+            // A closed stdout (a pipe whose reader left) cannot be retried into working.
+            let written = out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write to stdout: {e}"));
+            Outcome::all(batch.len(), written)
         })
     }
 }

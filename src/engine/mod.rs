@@ -860,7 +860,19 @@ impl Engine {
                 _ => stale.delete(GROUPS, k),
             }
         }
-        // Per-key state.
+        // Per-key state: find each rule once, not once per key.
+        let rule_at: HashMap<String, (usize, usize)> = self
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| {
+                group
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, rt)| (rt.nfa.rule.name.clone(), (g, r)))
+            })
+            .collect();
         for (k, v) in keys {
             let Some((tag, name, rest)) = persist::split_key(&k) else {
                 stale.delete(KEYS, k);
@@ -868,7 +880,10 @@ impl Engine {
             };
             let key: Option<KeyVal> = postcard::from_bytes(rest).ok();
             let placed = match (tag, key) {
-                (b'k', Some(key)) => self.restore_key(name, key, &v, &mut out),
+                (b'k', Some(key)) => match rule_at.get(name) {
+                    Some(&(g, r)) => self.restore_key(g, r, key, &v, &mut out),
+                    None => false,
+                },
                 (b'a', Some(key)) => self.restore_windows(name, key, &v, &mut out),
                 _ => false,
             };
@@ -881,33 +896,37 @@ impl Engine {
         out
     }
 
-    fn restore_key(&mut self, rule: &str, key: KeyVal, value: &[u8], out: &mut Restored) -> bool {
-        for g in &mut self.groups {
-            let Some(r) = g.rules.iter().position(|rt| rt.nfa.rule.name == rule) else {
-                continue;
-            };
-            let rt = &mut g.rules[r];
-            let Ok(rec) = crate::store::decode::<persist::KeyRecord>(value) else {
-                return false;
-            };
-            if rec.fingerprint != rt.nfa.rule.fingerprint || rec.state.is_empty() {
-                return false;
-            }
-            out.keys += 1;
-            out.runs += rec.state.runs.len() as u64;
-            g.stats.keys += 1;
-            g.stats.runs += rec.state.runs.len() as u64;
-            rt.keys.insert(
-                key.clone(),
-                Box::new(Slot {
-                    state: rec.state,
-                    scheduled: None,
-                }),
-            );
-            reschedule(rt, &key, &mut g.stats);
-            return true;
+    /// Puts back one key of rule `r` of group `g`; false when the record is not this rule's
+    /// current form.
+    fn restore_key(
+        &mut self,
+        g: usize,
+        r: usize,
+        key: KeyVal,
+        value: &[u8],
+        out: &mut Restored,
+    ) -> bool {
+        let group = &mut self.groups[g];
+        let rt = &mut group.rules[r];
+        let Ok(rec) = crate::store::decode::<persist::KeyRecord>(value) else {
+            return false;
+        };
+        if rec.fingerprint != rt.nfa.rule.fingerprint || rec.state.is_empty() {
+            return false;
         }
-        false
+        out.keys += 1;
+        out.runs += rec.state.runs.len() as u64;
+        group.stats.keys += 1;
+        group.stats.runs += rec.state.runs.len() as u64;
+        rt.keys.insert(
+            key.clone(),
+            Box::new(Slot {
+                state: rec.state,
+                scheduled: None,
+            }),
+        );
+        reschedule(rt, &key, &mut group.stats);
+        true
     }
 
     fn restore_windows(
