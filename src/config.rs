@@ -3,7 +3,7 @@
 //!
 //! Two stages, as for device profiles: serde reads the file into raw tables that keep every
 //! value's byte span and reject unknown keys (`RawConfig`); validation then turns them into
-//! a [`Config`], reporting every bad value at once as a [`Diagnostic`] (E410-E416) with its
+//! a [`Config`], reporting every bad value at once as a [`Diagnostic`] (E410-E417) with its
 //! place in the file and a "did you mean". Secrets are never in the file: it names an
 //! environment variable or a file, read by [`SecretRef::resolve`] when `tern run` starts.
 
@@ -51,6 +51,8 @@ pub struct Config {
     pub outbox_capacity: u64,
     /// At shutdown, how long sinks may go on delivering what the outbox holds.
     pub drain_timeout: Duration,
+    /// Reload the rules when a rule file or device profile changes (polled every second).
+    pub watch_rules: bool,
     /// Messages held between the MQTT source and the engine; when full, tern stops reading
     /// from the broker.
     pub queue: usize,
@@ -81,6 +83,7 @@ impl Default for Config {
             state_sync: true,
             outbox_capacity: 100_000,
             drain_timeout: Duration::from_secs(10),
+            watch_rules: true,
             queue: 1024,
             dedupe_window: 10_000,
             broker: None,
@@ -410,17 +413,28 @@ pub struct DeadLetterConfig {
     pub topic: Option<String>,
 }
 
-/// `[admin]`.
+/// `[admin]`: the admin HTTP endpoint (health, metrics, rules; `docs/operations.md`).
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// Listen address of the admin HTTP endpoint.
-    pub address: SocketAddr,
+    /// Whether `tern run` serves it.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The address was written in tern.toml: failing to bind it stops `tern run`. The
+    /// default address is best effort (another tern on the machine may hold it).
+    pub listen_set: bool,
+    /// The bearer token every endpoint but the health checks requires. Without one, the
+    /// endpoint listens only on a loopback address (E417).
+    pub token: Option<SecretRef>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            address: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            listen_set: false,
+            token: None,
         }
     }
 }
@@ -563,6 +577,9 @@ impl Config {
                 _ => {}
             }
         }
+        if self.admin.enabled {
+            out.extend(self.admin.token.as_ref());
+        }
         out
     }
 
@@ -589,6 +606,7 @@ struct RawConfig {
     state_sync: Option<Spanned<bool>>,
     outbox_capacity: Option<Spanned<i64>>,
     drain_timeout: Option<Spanned<String>>,
+    watch_rules: Option<Spanned<bool>>,
     queue: Option<Spanned<i64>>,
     dedupe_window: Option<Spanned<i64>>,
     broker: Option<RawBroker>,
@@ -687,7 +705,10 @@ struct RawDeadLetter {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    address: Option<Spanned<String>>,
+    enabled: Option<bool>,
+    listen: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -987,6 +1008,7 @@ impl Validator<'_> {
         let outbox_capacity =
             self.int(&raw.outbox_capacity, 1, 1 << 40, d.outbox_capacity as i64) as u64;
         let drain_timeout = self.duration(&raw.drain_timeout, d.drain_timeout);
+        let watch_rules = raw.watch_rules.map_or(d.watch_rules, Spanned::into_inner);
         let queue = self.int(&raw.queue, 1, 1 << 24, d.queue as i64) as usize;
         let dedupe_window =
             self.int(&raw.dedupe_window, 0, 1 << 24, d.dedupe_window as i64) as usize;
@@ -1042,9 +1064,7 @@ impl Validator<'_> {
             None => DeadLetterConfig::default(),
         };
         let admin = match raw.admin {
-            Some(a) => AdminConfig {
-                address: self.socket(&a.address, d.admin.address),
-            },
+            Some(a) => self.admin(a),
             None => d.admin.clone(),
         };
         let logging = match raw.logging {
@@ -1089,6 +1109,7 @@ impl Validator<'_> {
             state_sync,
             outbox_capacity,
             drain_timeout,
+            watch_rules,
             queue,
             dedupe_window,
             broker,
@@ -1234,6 +1255,47 @@ impl Validator<'_> {
             reconnect_max,
             tls,
             auth,
+        }
+    }
+
+    /// `[admin]`: a token is optional, but required to listen beyond loopback (E417).
+    fn admin(&mut self, a: RawAdmin) -> AdminConfig {
+        let d = AdminConfig::default();
+        let enabled = a.enabled.unwrap_or(d.enabled);
+        let listen = self.socket(&a.listen, d.listen);
+        let token = match (&a.token_env, &a.token_file) {
+            (None, None) => None,
+            _ => self.secret(
+                a.token_env.clone(),
+                a.token_file.clone(),
+                Range::default(),
+                ("token_env", "token_file"),
+            ),
+        };
+        if let Some(at) = &a.listen
+            && enabled
+            && token.is_none()
+            && !listen.ip().is_loopback()
+            && a.token_env.is_none()
+            && a.token_file.is_none()
+        {
+            let i = self.error(
+                Code::E417,
+                at.span(),
+                format!("the admin endpoint would listen on {listen} without a token"),
+                "not a loopback address",
+            );
+            self.note(
+                i,
+                "beyond loopback every request must carry a bearer token: set `token_env` or \
+                 `token_file` in [admin], or listen on 127.0.0.1",
+            );
+        }
+        AdminConfig {
+            enabled,
+            listen,
+            listen_set: a.listen.is_some(),
+            token,
         }
     }
 
@@ -1617,7 +1679,8 @@ mod tests {
         assert_eq!(c.qos, 1);
         assert!(c.broker.is_none());
         assert_eq!(c.embedded_broker.listen.to_string(), "127.0.0.1:1883");
-        assert_eq!(c.admin.address.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9464");
+        assert!(c.admin.enabled && c.admin.token.is_none() && !c.admin.listen_set);
         assert!(c.sink_names().contains(&"stdout".to_string()));
     }
 
@@ -1732,6 +1795,29 @@ format = "jsn"
             "{out}"
         );
         assert!(out.contains("tern.toml:4:16"), "{out}");
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let c = parse("[admin]\nlisten = \"127.0.0.1:9500\"\n").unwrap();
+        assert_eq!(c.admin.listen.port(), 9500);
+        assert!(c.admin.listen_set);
+        let err = parse("[admin]\nlisten = \"0.0.0.0:9464\"\n").unwrap_err();
+        assert!(err.contains("error[E417]"), "{err}");
+        assert!(err.contains("tern.toml:2:10"), "{err}");
+        assert!(err.contains("set `token_env` or `token_file`"), "{err}");
+        let c = parse("[admin]\nlisten = \"0.0.0.0:9464\"\ntoken_env = \"TERN_ADMIN_TOKEN\"\n")
+            .unwrap();
+        assert_eq!(
+            c.admin.token.as_ref().map(|t| &t.source),
+            Some(&SecretSource::Env("TERN_ADMIN_TOKEN".into()))
+        );
+        // The token is a secret like the others: checked at startup, never inline.
+        assert_eq!(c.secrets().len(), 1);
+        let err = parse("[admin]\ntoken = \"hunter2\"\n").unwrap_err();
+        assert!(err.contains("use `token_env` or `token_file`"), "{err}");
+        // Turned off, it needs nothing.
+        assert!(parse("[admin]\nenabled = false\nlisten = \"[::]:9464\"\n").is_ok());
     }
 
     #[test]

@@ -21,8 +21,15 @@
 //! - [`sim`]: simulated device fleets and the reproducible benchmark workload.
 //! - [`store`]: durable state in RocksDB: the alert outbox and sink cursors, per-key state.
 //! - [`config`]: `tern.toml`: broker, sinks, dead letters, logging (validated, with diagnostics).
+//! - [`admin`]: the admin HTTP endpoint of `tern run`: health, readiness, metrics, rules.
+//! - [`metrics`]: the metrics registry, with handles the hot path increments.
+//! - [`logging`]: logs on stderr (text or JSON), rate-limited per kind of message.
+//! - [`authoring`]: rule tests (`tern test`) and traces of a rule over recorded events
+//!   (`tern explain --input`).
 //! - [`cli`]: one module per subcommand.
 
+pub mod admin;
+pub mod authoring;
 pub mod cli;
 pub mod compile;
 pub mod config;
@@ -32,5 +39,7 @@ pub mod engine;
 pub mod event;
 pub mod io;
 pub mod lang;
+pub mod logging;
+pub mod metrics;
 pub mod sim;
 pub mod store;

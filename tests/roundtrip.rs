@@ -597,7 +597,10 @@ proptest! {
     /// Whole files print to text that parses back to the same AST.
     #[test]
     fn files_round_trip(items in prop::collection::vec(arb_item(), 0..4)) {
-        let file = File { items };
+        let file = File {
+            items,
+            ..File::default()
+        };
         let text = print(&file);
         let again = parse_clean(&text);
         prop_assert_eq!(shape(&again), shape(&file), "printed:\n{}", text);

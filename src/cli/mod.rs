@@ -4,11 +4,13 @@
 pub mod check;
 pub mod demo;
 pub mod explain;
+pub mod fmt;
 pub mod record;
 pub mod replay;
 pub mod run;
 pub mod simulate;
 pub mod state;
+pub mod test;
 pub mod webhook_receiver;
 
 use std::process::ExitCode;
@@ -38,8 +40,12 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Evaluate rules over recorded events in event time; alerts as JSONL on stdout.
     Replay(replay::ReplayArgs),
-    /// Print a rule's compiled NFA as text or Graphviz DOT.
+    /// Print a rule's compiled NFA as text or Graphviz DOT; with --input, trace it over events.
     Explain(explain::ExplainArgs),
+    /// Run the rule tests (`*.test.toml`): events in, expected alerts out.
+    Test(test::TestArgs),
+    /// Rewrite rule files in canonical form (comments kept); `--check` only lists them.
+    Fmt(fmt::FmtArgs),
     /// Run the live engine: MQTT in, alerts out, until SIGINT or SIGTERM.
     Run(run::RunArgs),
     /// Simulate devices: a reproducible workload file, or a live fleet published to a broker.
@@ -98,6 +104,8 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Fmt(args) => fmt::run(args),
         Command::Run(args) => run::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Record(args) => record::run(args),

@@ -288,6 +288,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         eprintln!("elapsed       {elapsed:.3} s");
         eprintln!("events/s      {rate:.0}");
         eprintln!("peak partial  {}", s.peak_runs);
+        for e in engine.script_errors().iter().filter(|e| e.errors > 0) {
+            eprintln!("script errors {} ({}: {})", e.errors, e.script, e.function);
+        }
         if args.no_flush && s.keys > 0 {
             // Pending state at the end: what a live engine would hold for these keys.
             let bytes = engine.state_bytes();

@@ -1,17 +1,24 @@
 //! `tern run`: the live engine. MQTT in, alerts out, until SIGINT or SIGTERM; then it stops
-//! reading, finishes the messages in flight, flushes the sinks and exits 0.
+//! reading, finishes the messages in flight, flushes the sinks and exits 0. The admin
+//! endpoint (health, metrics, rules: `docs/operations.md`) runs beside the pipeline.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::Outcome;
-use crate::config::{Config, LogFormat, LoggingConfig};
-use crate::io::pipeline::Summary;
+use crate::admin::Admin;
+use crate::config::{AdminConfig, Config};
+use crate::io::pipeline::{Pipeline, Summary};
 use crate::lang::render;
+use crate::metrics::Metrics;
+
+pub use crate::logging::init as init_logging;
 
 /// Arguments of `tern run`.
 #[derive(Debug, Args)]
@@ -33,9 +40,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
     };
     init_logging(&config.logging);
+    let admin = config.admin.clone();
+    let file = config.file;
     let Some(pipeline) = super::prepare_pipeline(config, &sources)? else {
         return Ok(Outcome::Rejected);
     };
+    // Checked with the other secrets when the pipeline was prepared; read it now.
+    let token = match admin.token.as_ref().filter(|_| admin.enabled) {
+        Some(t) => match t.resolve() {
+            Ok(token) => Some(token),
+            Err(why) => {
+                render::to_stderr(&sources, &[t.diagnostic(file, &why)], color);
+                return Ok(Outcome::Rejected);
+            }
+        },
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = pipeline.with_metrics(Arc::clone(&metrics));
     let (warn_sources, warnings) = pipeline.warnings();
     if !warnings.is_empty() {
         render::to_stderr(warn_sources, warnings, color);
@@ -54,12 +76,76 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let summary = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        pipeline.run(shutdown).await
+        // The admin endpoint outlives the pipeline's drain, so health checks and metrics
+        // answer while sinks deliver what is left.
+        let admin_stop = CancellationToken::new();
+        let admin_task = start_admin(&admin, token, Arc::clone(&metrics), &pipeline)
+            .await?
+            .map(|a| tokio::spawn(a.run(admin_stop.clone())));
+        let summary = pipeline.run(shutdown).await;
+        admin_stop.cancel();
+        if let Some(mut task) = admin_task
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+        {
+            // A client holding its connection open does not delay the exit.
+            task.abort();
+        }
+        summary
     })?;
     log_summary(&summary);
+    crate::logging::flush();
     // rumqttd's threads have no shutdown; do not wait for them.
     runtime.shutdown_background();
     Ok(Outcome::Ok)
+}
+
+/// Binds the admin endpoint. An address written in tern.toml that cannot be bound stops
+/// tern; the default one is best effort (another tern on the machine may hold it).
+async fn start_admin(
+    config: &AdminConfig,
+    token: Option<secrecy::SecretString>,
+    metrics: Arc<Metrics>,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Option<Admin>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let has_token = token.is_some();
+    match Admin::bind(
+        config.listen,
+        token,
+        metrics,
+        pipeline.handle(),
+        pipeline.status(),
+    )
+    .await
+    {
+        Ok(admin) => {
+            let address = admin.local_addr().unwrap_or(config.listen);
+            tracing::info!(%address, token = has_token, "admin endpoint listening");
+            if !has_token {
+                tracing::info!(
+                    "the admin endpoint has no token: every local process may use it \
+                     (set [admin] token_env or token_file on a shared machine)"
+                );
+            }
+            Ok(Some(admin))
+        }
+        Err(e) if config.listen_set => Err(e).with_context(|| {
+            format!(
+                "cannot listen on {} for the admin endpoint ([admin] listen)",
+                config.listen
+            )
+        }),
+        Err(e) => {
+            tracing::warn!(address = %config.listen, error = %e,
+                "cannot listen on the default admin address: running without the admin \
+                 endpoint (set [admin] listen to choose another)");
+            Ok(None)
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
@@ -115,33 +201,4 @@ fn log_summary(s: &Summary) {
         dead_letters_written = s.dead_letters.written,
         "stopped"
     );
-}
-
-/// Sets up logging on stderr (stdout is for alerts): readable on a terminal, JSON otherwise,
-/// unless the configuration says which. `TERN_LOG` overrides the configured level. Does
-/// nothing if a subscriber is already installed (a caller that set up its own).
-pub fn init_logging(config: &LoggingConfig) {
-    let mut level = std::env::var("TERN_LOG").unwrap_or_else(|_| config.level.clone());
-    if !level.contains("rumqtt") {
-        // The client library is chatty at info, and the embedded broker logs every client
-        // that disconnects as an error; `TERN_LOG=info,rumqttd=warn` shows them.
-        level.push_str(",rumqttd=off,rumqttc=warn");
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match config.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().with_current_span(false).try_init()
-    } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
-    };
 }

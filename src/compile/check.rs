@@ -16,6 +16,7 @@ use crate::lang::span::{Span, Spanned};
 use super::expr::{Context, Scope, Typer, ty_of};
 use super::hir::*;
 use super::schema::{FieldSchema, FieldType, Origin, StreamKind, StreamSchema};
+use super::script::Script;
 
 const NANOS_PER_MILLI: i64 = 1_000_000;
 /// Quantifiers are unrolled into NFA states; beyond this a rule should use a window instead.
@@ -31,7 +32,7 @@ pub struct Environment<'a> {
 
 /// Checks parsed rule files together (they share one namespace of streams and rules).
 pub fn check(
-    sources: &Sources,
+    sources: &mut Sources,
     files: &[(FileId, ast::File)],
     env: Environment<'_>,
 ) -> (Program, Vec<Diagnostic>) {
@@ -41,6 +42,8 @@ pub fn check(
         streams: Vec::new(),
         imports: Vec::new(),
         sinks: env.sinks,
+        rhai: None,
+        scripts: HashMap::new(),
     };
     for s in env.device_streams {
         c.add_stream(s);
@@ -121,6 +124,10 @@ struct Checker<'a> {
     streams: Vec<StreamSchema>,
     imports: Vec<ImportDef>,
     sinks: &'a [String],
+    /// The one rhai engine every script of the program runs in, made at the first import.
+    rhai: Option<Arc<rhai::Engine>>,
+    /// Scripts loaded so far by path: a script imported by several files is compiled once.
+    scripts: HashMap<std::path::PathBuf, Option<Arc<Script>>>,
 }
 
 /// The clauses of one rule, gathered.
@@ -178,14 +185,16 @@ impl Checker<'_> {
         Some(StreamId(self.streams.len() as u32 - 1))
     }
 
-    fn import(&mut self, sources: &Sources, file: FileId, imp: &ast::Import) -> u16 {
+    fn import(&mut self, sources: &mut Sources, file: FileId, imp: &ast::Import) -> u16 {
         let base = sources
             .get(file)
             .and_then(|s| s.path.as_deref())
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
         let path = base.join(&imp.path.node);
-        if sources.get(file).and_then(|s| s.path.as_ref()).is_some() && !path.is_file() {
+        let has_path = sources.get(file).and_then(|s| s.path.as_ref()).is_some();
+        let mut script = None;
+        if has_path && !path.is_file() {
             self.diags.push(
                 Diagnostic::error(
                     Code::E220,
@@ -196,6 +205,8 @@ impl Checker<'_> {
                 )
                 .with_note("the path is relative to the rule file"),
             );
+        } else if has_path {
+            script = self.load_script(sources, file, imp, &path);
         }
         self.imports.push(ImportDef {
             path,
@@ -204,8 +215,65 @@ impl Checker<'_> {
                 file,
                 span: imp.span,
             },
+            script,
         });
         (self.imports.len() - 1) as u16
+    }
+
+    /// Reads and compiles an imported script once per path; a script that cannot be read or
+    /// does not compile is reported (E223) at its own line and column.
+    fn load_script(
+        &mut self,
+        sources: &mut Sources,
+        file: FileId,
+        imp: &ast::Import,
+        path: &Path,
+    ) -> Option<Arc<Script>> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(loaded) = self.scripts.get(&key) {
+            return loaded.clone();
+        }
+        let loaded = match sources.read(path) {
+            Err(e) => {
+                self.diags.push(Diagnostic::error(
+                    Code::E223,
+                    format!("cannot read script `{}`: {e}", imp.path.node),
+                    file,
+                    imp.path.span,
+                    "imported here",
+                ));
+                None
+            }
+            Ok(script_file) => {
+                let engine = Arc::clone(
+                    self.rhai
+                        .get_or_insert_with(|| Arc::new(super::script::sandbox())),
+                );
+                let text = sources.text(script_file);
+                match Script::compile(engine, imp.path.node.clone(), path.to_path_buf(), text) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        let (line, col) = e.position.unwrap_or((1, 1));
+                        let at = super::script::offset_of(text, line, col);
+                        let end = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+                        self.diags.push(
+                            Diagnostic::error(
+                                Code::E223,
+                                format!("script `{}` does not compile: {}", imp.path.node, e.message),
+                                script_file,
+                                Span::new(at, end),
+                                e.message.clone(),
+                            )
+                            .with_secondary(file, imp.path.span, "imported here")
+                            .with_note("user functions are rhai (https://rhai.rs); scripts have no `import`, `eval`, clock or I/O"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        self.scripts.insert(key, loaded.clone());
+        loaded
     }
 
     fn stream_decl(&mut self, file: FileId, decl: &ast::StreamDecl) {
@@ -894,7 +962,24 @@ impl Checker<'_> {
         if self.error_count() > errors_before {
             return None;
         }
-        let fingerprint = fingerprint(rule, from.iter().map(|s| &self.streams[s.0 as usize]));
+        // A rule that calls user functions changes when their script does.
+        let mut scripts: Vec<u64> = Vec::new();
+        let mut note = |e: &TExpr| {
+            if let TExprKind::User { func: Some(f), .. } = &e.kind {
+                scripts.push(f.text_hash());
+            }
+        };
+        node.visit_exprs(&mut note);
+        for e in std::iter::once(&emit).chain(on_timeout.iter()) {
+            e.fields.iter().for_each(|(_, x)| x.visit(&mut note));
+        }
+        scripts.sort_unstable();
+        scripts.dedup();
+        let fingerprint = fingerprint(
+            rule,
+            from.iter().map(|s| &self.streams[s.0 as usize]),
+            &scripts,
+        );
         Some(Rule {
             name: rule.name.node.clone(),
             streams: from,
@@ -1542,10 +1627,22 @@ impl PatternChecker<'_, '_> {
     }
 }
 
-/// A stable 64-bit hash of a rule's meaning (its AST without spans, and the schemas of its
-/// streams), to tell whether a reloaded rule changed.
-fn fingerprint<'s>(rule: &ast::Rule, streams: impl Iterator<Item = &'s StreamSchema>) -> u64 {
-    stable_hash(&(rule, streams.collect::<Vec<_>>()))
+/// A stable 64-bit hash of a rule's meaning (its AST without spans, the schemas of its
+/// streams and the text of the scripts whose functions it calls), to tell whether a reloaded
+/// rule changed.
+fn fingerprint<'s>(
+    rule: &ast::Rule,
+    streams: impl Iterator<Item = &'s StreamSchema>,
+    scripts: &[u64],
+) -> u64 {
+    let streams: Vec<_> = streams.collect();
+    // Rules without user functions keep the fingerprint they had before scripts counted,
+    // so their durable state survives the upgrade.
+    if scripts.is_empty() {
+        stable_hash(&(rule, streams))
+    } else {
+        stable_hash(&(rule, streams, scripts))
+    }
 }
 
 /// FNV-1a over a value's JSON without source positions (`span`, `origin`): the same for the

@@ -483,7 +483,7 @@ impl Typer<'_> {
     ) -> TExpr {
         let name = function.node.as_str();
         if let Some(module) = module {
-            let Some((idx, _)) = scope
+            let Some((idx, imp)) = scope
                 .imports
                 .iter()
                 .find(|(_, imp)| imp.alias.as_deref() == Some(module.node.as_str()))
@@ -506,15 +506,8 @@ impl Typer<'_> {
                     )),
                 );
             };
-            let args = args.iter().map(|a| self.expr(a, scope)).collect();
-            return texpr(
-                TExprKind::User {
-                    import: *idx,
-                    name: name.to_string(),
-                    args,
-                },
-                Ty::Any,
-            );
+            let shown = format!("{}::{name}", module.node);
+            return self.user_call(*idx, imp, &shown, function, args, span, scope);
         }
         let is_aggregate = AggFunc::from_name(name).is_some()
             && !(matches!(name, "min" | "max") && args.len() == 2);
@@ -538,29 +531,159 @@ impl Typer<'_> {
             };
             return self.builtin(b, name, targs, args, scope);
         }
-        // Unaliased imports put their functions in the file's namespace; their names are
-        // checked against the script when it is loaded.
-        if let Some((idx, _)) = scope.imports.iter().find(|(_, i)| i.alias.is_none()) {
-            let args = args.iter().map(|a| self.expr(a, scope)).collect();
-            return texpr(
-                TExprKind::User {
-                    import: *idx,
-                    name: name.to_string(),
-                    args,
-                },
-                Ty::Any,
-            );
+        // Unaliased imports put their functions in the file's namespace (after the built-ins).
+        let unaliased = || scope.imports.iter().filter(|(_, i)| i.alias.is_none());
+        let defining = unaliased().find(|(_, i)| {
+            i.script
+                .as_ref()
+                .is_some_and(|s| !s.arities(name).is_empty() || s.is_private(name))
+        });
+        if let Some((idx, imp)) = defining {
+            return self.user_call(*idx, imp, name, function, args, span, scope);
         }
-        self.error(
-            Diagnostic::error(
-                Code::E203,
-                format!("unknown function `{name}`"),
-                scope.file,
-                function.span,
+        // A script that could not be loaded is reported already; its calls stay unchecked.
+        if let Some((idx, imp)) = unaliased().find(|(_, i)| i.script.is_none()) {
+            return self.user_call(*idx, imp, name, function, args, span, scope);
+        }
+        let mut candidates: Vec<&str> = function_names().collect();
+        for (_, imp) in unaliased() {
+            if let Some(s) = &imp.script {
+                candidates.extend(s.public_names());
+            }
+        }
+        let in_module = scope.imports.iter().find_map(|(_, i)| {
+            let alias = i.alias.as_deref()?;
+            let script = i.script.as_ref()?;
+            (!script.arities(name).is_empty()).then_some(alias)
+        });
+        let (label, note) = match in_module {
+            Some(m) => (
                 "no built-in function has this name",
-            )
-            .with_suggestion(name, function_names())
-            .with_note("user functions come from rhai scripts: `import \"lib.rhai\" as lib`, then `lib::name(...)`"),
+                Some(format!("`{m}` defines `{name}`: call it `{m}::{name}(...)`")),
+            ),
+            None if unaliased().next().is_some() => {
+                ("neither a built-in nor in an imported script", None)
+            }
+            None => (
+                "no built-in function has this name",
+                Some("user functions come from rhai scripts: `import \"lib.rhai\" as lib`, then `lib::name(...)`".to_string()),
+            ),
+        };
+        let d = Diagnostic::error(
+            Code::E203,
+            format!("unknown function `{name}`"),
+            scope.file,
+            function.span,
+            label,
+        )
+        .with_suggestion(name, candidates);
+        self.error(match note {
+            Some(n) => d.with_note(n),
+            None => d,
+        })
+    }
+
+    /// A call of a rhai function of the import `idx`: the name and arity are checked against
+    /// the script (when it is loaded), and the arguments must have a rhai type.
+    #[allow(clippy::too_many_arguments)]
+    fn user_call(
+        &mut self,
+        idx: u16,
+        imp: &ImportDef,
+        shown: &str,
+        function: &crate::lang::ast::Ident,
+        args: &[Expr],
+        span: Span,
+        scope: &Scope<'_>,
+    ) -> TExpr {
+        let name = function.node.as_str();
+        let mut ok = true;
+        let mut targs = Vec::with_capacity(args.len());
+        for arg in args {
+            let t = self.expr(arg, scope);
+            if matches!(t.ty, Ty::Timestamp | Ty::Duration) {
+                ok = false;
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::E204,
+                        format!("`{shown}` cannot take a {}", t.ty.as_str()),
+                        scope.file,
+                        arg.span,
+                        format!("this is {}", a(t.ty)),
+                    )
+                    .with_note("user functions take bool, int, float and string values: pass `seconds(d)`, `hour(t)` or `string(t)`"),
+                );
+            }
+            targs.push(t);
+        }
+        let mut func = None;
+        if let Some(script) = &imp.script {
+            let arities = script.arities(name);
+            if arities.is_empty() {
+                let d = if script.is_private(name) {
+                    Diagnostic::error(
+                        Code::E224,
+                        format!("`{shown}` is private to its script"),
+                        scope.file,
+                        function.span,
+                        format!("`{name}` is a `private fn` in {}", script.name),
+                    )
+                    .with_note("remove `private` to call it from rules")
+                } else {
+                    let defined = script.public_names();
+                    let d = Diagnostic::error(
+                        Code::E224,
+                        format!("unknown function `{shown}`"),
+                        scope.file,
+                        function.span,
+                        format!("{} defines no function `{name}`", script.name),
+                    )
+                    .with_suggestion(name, defined.iter().copied());
+                    if defined.is_empty() {
+                        d.with_note(format!("{} defines no functions", script.name))
+                    } else {
+                        d.with_note(format!("{} defines: {}", script.name, defined.join(", ")))
+                    }
+                };
+                return self.error(d);
+            }
+            if !arities.contains(&args.len()) {
+                let d = match arities.as_slice() {
+                    [one] => arity_error(shown, *one, args.len(), scope.file, span),
+                    many => {
+                        let list: Vec<String> = many.iter().map(ToString::to_string).collect();
+                        Diagnostic::error(
+                            Code::E209,
+                            format!(
+                                "`{shown}` takes {} arguments, found {}",
+                                list.join(" or "),
+                                args.len()
+                            ),
+                            scope.file,
+                            span,
+                            format!(
+                                "{} argument{} here",
+                                args.len(),
+                                if args.len() == 1 { "" } else { "s" }
+                            ),
+                        )
+                    }
+                };
+                return self.error(d.with_note(format!("`{name}` is defined in {}", script.name)));
+            }
+            func = Some(script.handle(name, args.len()));
+        }
+        if !ok {
+            return any();
+        }
+        texpr(
+            TExprKind::User {
+                import: idx,
+                name: name.to_string(),
+                args: targs,
+                func,
+            },
+            Ty::Any,
         )
     }
 

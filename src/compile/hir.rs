@@ -52,6 +52,19 @@ impl Program {
     pub fn rule(&self, name: &str) -> Option<&Arc<Rule>> {
         self.rules.iter().find(|r| r.name == name)
     }
+
+    /// Every user function some rule calls, with how often it failed so far.
+    pub fn script_errors(&self) -> Vec<super::script::ScriptErrors> {
+        let mut seen: Vec<&Arc<super::script::Script>> = Vec::new();
+        let mut out = Vec::new();
+        for s in self.imports.iter().filter_map(|i| i.script.as_ref()) {
+            if !seen.iter().any(|x| Arc::ptr_eq(x, s)) {
+                seen.push(s);
+                out.extend(s.error_counts());
+            }
+        }
+        out
+    }
 }
 
 /// An imported rhai script.
@@ -63,6 +76,10 @@ pub struct ImportDef {
     pub alias: Option<String>,
     /// Where the import was written.
     pub origin: Origin,
+    /// The compiled script; `None` when it could not be read or compiled (reported), or
+    /// when the rule file has no path to resolve it against.
+    #[serde(skip)]
+    pub script: Option<Arc<super::script::Script>>,
 }
 
 /// A window aggregate per key.
@@ -350,6 +367,58 @@ pub struct TExpr {
     pub ty: Ty,
 }
 
+impl TExpr {
+    /// Calls `f` on this expression and on every expression inside it, outermost first.
+    pub fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a TExpr)) {
+        f(self);
+        match &self.kind {
+            TExprKind::Not(x) | TExprKind::Neg(x) => x.visit(f),
+            TExprKind::IsNull { operand, .. } => operand.visit(f),
+            TExprKind::Binary { lhs, rhs, .. } => {
+                lhs.visit(f);
+                rhs.visit(f);
+            }
+            TExprKind::Call { args, .. } | TExprKind::User { args, .. } => {
+                args.iter().for_each(|a| a.visit(f));
+            }
+            TExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                cond.visit(f);
+                then.visit(f);
+                otherwise.visit(f);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Node {
+    /// Calls `f` on every expression of the pattern (conditions, `until`s, negations) and
+    /// every expression inside them.
+    pub fn visit_exprs<'a>(&'a self, f: &mut dyn FnMut(&'a TExpr)) {
+        match self {
+            Node::Step(s) => {
+                for e in s.cond.iter().chain(s.until.iter()) {
+                    e.visit(f);
+                }
+            }
+            Node::Seq(items) => {
+                for it in items {
+                    match &it.item {
+                        SeqElem::Node(n) => n.visit_exprs(f),
+                        SeqElem::Not(n) => n.cond.iter().for_each(|e| e.visit(f)),
+                    }
+                }
+            }
+            Node::Alt(nodes) => nodes.iter().for_each(|n| n.visit_exprs(f)),
+            Node::Group { body, .. } => body.visit_exprs(f),
+        }
+    }
+}
+
 /// Typed expression forms; every name is an index.
 #[derive(Clone, Debug, Serialize)]
 pub enum TExprKind {
@@ -417,6 +486,9 @@ pub enum TExprKind {
         name: String,
         /// Arguments.
         args: Vec<TExpr>,
+        /// The function to call; `None` when its script is not loaded (the call gives null).
+        #[serde(skip)]
+        func: Option<Arc<super::script::UserFn>>,
     },
     /// `if c then a else b`
     If {

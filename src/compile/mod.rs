@@ -2,13 +2,15 @@
 //! expressions typed, pattern shape and boundedness checked.
 //!
 //! Stages, each with its own types: `lang::ast` (as written) → [`hir`] (resolved and typed,
-//! built by [`check`]) → the NFA (built by the engine's compiler from the HIR).
+//! built by [`check`]) → the NFA (built by the engine's compiler from the HIR). Imported rhai
+//! scripts are compiled once by [`script`] while checking; typed calls hold their functions.
 
 pub mod check;
 pub mod expr;
 pub mod hir;
 pub mod nfa;
 pub mod schema;
+pub mod script;
 
 use std::path::{Path, PathBuf};
 
@@ -117,7 +119,7 @@ pub fn load(
         }
     }
     let (program, diags) = check::check(
-        &sources,
+        &mut sources,
         &files,
         check::Environment {
             device_streams,

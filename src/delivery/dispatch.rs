@@ -22,7 +22,8 @@ use super::{Deliver, OutAlert, Outcome};
 use crate::config::SinkFilter;
 use crate::event::Nanos;
 use crate::io::deadletter::{AlertLetter, Letter};
-use crate::store::{Batch, Store};
+use crate::metrics::{Metrics, SinkMetrics};
+use crate::store::{Batch, Entry, Store};
 
 /// Alerts read from the store per step when a sink takes single alerts.
 const READ_AHEAD: usize = 256;
@@ -38,6 +39,8 @@ pub struct Outbox {
     state: Mutex<State>,
     room: Condvar,
     committed: watch::Sender<u64>,
+    /// Per sink (by index), its metrics: the queue gauge is kept here, where the numbers are.
+    metrics: Vec<SinkMetrics>,
 }
 
 struct State {
@@ -62,7 +65,8 @@ impl State {
 pub struct Route {
     /// Sink name (its cursor's key).
     pub name: String,
-    /// Rules whose alerts go to this sink.
+    /// Rules whose alerts go to this sink, for outbox entries that do not say (written by a
+    /// format-1 build).
     pub rules: HashSet<String>,
     /// The sink's own filter.
     pub filter: SinkFilter,
@@ -70,8 +74,13 @@ pub struct Route {
 
 impl Route {
     /// True when `alert` goes to this sink.
-    pub fn wants(&self, alert: &OutAlert) -> bool {
-        self.rules.contains(&alert.rule)
+    pub fn wants(&self, entry: &Entry) -> bool {
+        let alert = &entry.alert;
+        let routed = match &entry.sinks {
+            Some(sinks) => sinks.contains(&self.name),
+            None => self.rules.contains(&alert.rule),
+        };
+        routed
             && self
                 .filter
                 .accepts(&alert.rule, alert.severity, alert.kind.as_str())
@@ -120,7 +129,25 @@ impl Outbox {
             }),
             room: Condvar::new(),
             committed: watch::Sender::new(next),
+            metrics: Vec::new(),
         })
+    }
+
+    /// Counts each sink's deliveries and backlog in `metrics`; `names` are the sinks in
+    /// dispatcher order, as given to [`Outbox::open`].
+    pub fn with_metrics(mut self, metrics: &Metrics, names: &[String]) -> Outbox {
+        self.metrics = names.iter().map(|n| metrics.sink(n)).collect();
+        let s = self.lock();
+        for (m, cursor) in self.metrics.iter().zip(&s.cursors) {
+            m.queue.set(gauge(s.committed.saturating_sub(*cursor)));
+        }
+        drop(s);
+        self
+    }
+
+    /// The metrics of sink `index` (unregistered ones without [`Outbox::with_metrics`]).
+    fn sink_metrics(&self, index: usize) -> SinkMetrics {
+        self.metrics.get(index).cloned().unwrap_or_default()
     }
 
     /// The store.
@@ -135,10 +162,16 @@ impl Outbox {
     }
 
     /// Adds `alerts` to `batch`; they become visible to the sinks at [`Outbox::committed`].
-    pub fn stage(&self, batch: &mut Batch<'_>, alerts: &[OutAlert]) -> anyhow::Result<()> {
+    /// Each alert goes with the sinks it is for, decided when it fired: a reload that
+    /// reroutes its rule does not change where an alert already stored goes.
+    pub fn stage(
+        &self,
+        batch: &mut Batch<'_>,
+        alerts: &[(OutAlert, Arc<[String]>)],
+    ) -> anyhow::Result<()> {
         let mut s = self.lock();
-        for a in alerts {
-            batch.put_alert(s.next, a)?;
+        for (a, sinks) in alerts {
+            batch.put_alert(s.next, a, sinks)?;
             s.next += 1;
         }
         Ok(())
@@ -149,6 +182,9 @@ impl Outbox {
         let next = {
             let mut s = self.lock();
             s.committed = s.next;
+            for (m, cursor) in self.metrics.iter().zip(&s.cursors) {
+                m.queue.set(gauge(s.committed.saturating_sub(*cursor)));
+            }
             s.next
         };
         self.committed.send_if_modified(|v| {
@@ -187,6 +223,9 @@ impl Outbox {
             let mut s = self.lock();
             if let Some(c) = s.cursors.get_mut(sink) {
                 *c = next;
+            }
+            if let Some(m) = self.metrics.get(sink) {
+                m.queue.set(gauge(s.committed.saturating_sub(next)));
             }
             let slowest = s.slowest();
             let all_passed = slowest == s.committed && slowest > s.trimmed;
@@ -236,12 +275,14 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<SinkReport> {
     let mut report = SinkReport::default();
+    let metrics = outbox.sink_metrics(index);
+    let mut retries = sink.retries();
     let mut committed = outbox.committed.subscribe();
     let limit = sink.batch_limit().max(1);
     let mut cursor = outbox.cursor(index);
     // Entries read from the store and not handed over yet: a sink taking one alert at a time
     // does not read the store again for each one.
-    let mut ahead: std::collections::VecDeque<(u64, OutAlert)> = Default::default();
+    let mut ahead: std::collections::VecDeque<Entry> = Default::default();
     loop {
         let end = *committed.borrow_and_update();
         if cursor >= end {
@@ -275,16 +316,16 @@ pub async fn run(
         // next round so `end` stays the limit announced.
         let mut wanted: Vec<(u64, Arc<OutAlert>)> = Vec::new();
         let mut passed = cursor;
-        while let Some((seq, alert)) = ahead.front() {
-            let seq = *seq;
-            if seq >= end || (!wanted.is_empty() && !route.wants(alert)) {
+        while let Some(entry) = ahead.front() {
+            let seq = entry.seq;
+            if seq >= end || (!wanted.is_empty() && !route.wants(entry)) {
                 break;
             }
-            let Some((_, alert)) = ahead.pop_front() else {
+            let Some(entry) = ahead.pop_front() else {
                 break;
             };
-            if route.wants(&alert) {
-                wanted.push((seq, Arc::new(alert)));
+            if route.wants(&entry) {
+                wanted.push((seq, Arc::new(entry.alert)));
                 if wanted.len() >= limit {
                     break;
                 }
@@ -301,12 +342,19 @@ pub async fn run(
         }
         let alerts: Vec<Arc<OutAlert>> = wanted.iter().map(|(_, a)| Arc::clone(a)).collect();
         let outcomes = sink.deliver(&alerts, &stop).await;
+        let now_retries = sink.retries();
+        metrics.retries.inc_by(now_retries.saturating_sub(retries));
+        retries = now_retries;
         let mut done = passed;
         for ((seq, alert), outcome) in wanted.iter().zip(&outcomes) {
             match outcome {
-                Outcome::Delivered => report.delivered += 1,
+                Outcome::Delivered => {
+                    report.delivered += 1;
+                    metrics.delivered.inc();
+                }
                 Outcome::Failed { reason, attempts } => {
                     report.failed += 1;
+                    metrics.failures.inc();
                     tracing::error!(sink = %route.name, alert = %alert.id, rule = %alert.rule,
                         attempts, reason = %reason, "alert not delivered: dead-lettered");
                     let (written_tx, written_rx) = oneshot::channel();
@@ -342,6 +390,11 @@ pub async fn run(
     sink.close().await;
     report.left = (*committed.borrow()).saturating_sub(cursor);
     Ok(report)
+}
+
+/// A count as a gauge value.
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -416,14 +469,16 @@ mod tests {
         let names = ["a".to_string(), "b".to_string()];
         let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 100).unwrap());
         let mut batch = store.batch();
-        let alerts: Vec<OutAlert> = (0..10)
+        // r1 goes to both sinks, r2 to b only.
+        let both: Arc<[String]> = names.to_vec().into();
+        let only_b: Arc<[String]> = vec!["b".to_string()].into();
+        let alerts: Vec<(OutAlert, Arc<[String]>)> = (0..10)
             .map(|i| {
-                let (rule, sev) = if i % 3 == 0 {
-                    ("r1", Severity::Critical)
+                if i % 3 == 0 {
+                    (alert(i, "r1", Severity::Critical), Arc::clone(&both))
                 } else {
-                    ("r2", Severity::Info)
-                };
-                alert(i, rule, sev)
+                    (alert(i, "r2", Severity::Info), Arc::clone(&only_b))
+                }
             })
             .collect();
         outbox.stage(&mut batch, &alerts).unwrap();
@@ -451,7 +506,7 @@ mod tests {
         let a = run(
             Arc::clone(&outbox),
             0,
-            route("a", &["r1"], SinkFilter::default()),
+            route("a", &[], SinkFilter::default()),
             Box::new(Recorder {
                 got: Arc::clone(&got_a),
                 refuse: vec!["id3".into()],
@@ -467,7 +522,7 @@ mod tests {
             1,
             route(
                 "b",
-                &["r1", "r2"],
+                &[],
                 SinkFilter {
                     kinds: vec!["match".into()],
                     ..SinkFilter::default()
@@ -514,7 +569,10 @@ mod tests {
         let names = ["fast".to_string(), "slow".to_string()];
         let outbox = Outbox::open(Arc::clone(&store), &names, 3).unwrap();
         let mut batch = store.batch();
-        let alerts: Vec<OutAlert> = (0..3).map(|i| alert(i, "r", Severity::Info)).collect();
+        let sinks: Arc<[String]> = names.to_vec().into();
+        let alerts: Vec<(OutAlert, Arc<[String]>)> = (0..3)
+            .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
+            .collect();
         outbox.stage(&mut batch, &alerts).unwrap();
         store.write(batch).unwrap();
         outbox.committed();
@@ -529,6 +587,68 @@ mod tests {
         let outbox = Outbox::open(Arc::clone(&store), &names, 3).unwrap();
         assert_eq!((outbox.cursor(0), outbox.cursor(1)), (1, 3));
         assert_eq!(outbox.pending(), 2);
-        assert_eq!(store.outbox_read(0, 10).unwrap()[0].0, 1);
+        assert_eq!(store.outbox_read(0, 10).unwrap()[0].seq, 1);
+    }
+
+    /// Delivers everything, reporting one retry per alert.
+    struct Retrying(u64);
+
+    impl Deliver for Retrying {
+        fn deliver<'a>(
+            &'a mut self,
+            batch: &'a [Arc<OutAlert>],
+            _stop: &'a CancellationToken,
+        ) -> DeliverFuture<'a> {
+            self.0 += batch.len() as u64;
+            Box::pin(async move { vec![Outcome::Delivered; batch.len()] })
+        }
+
+        fn retries(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn deliveries_retries_and_backlog_are_counted_per_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["hook".to_string(), "idle".to_string()];
+        let metrics = Metrics::new();
+        let outbox = Arc::new(
+            Outbox::open(Arc::clone(&store), &names, 100)
+                .unwrap()
+                .with_metrics(&metrics, &names),
+        );
+        let sinks: Arc<[String]> = Arc::from(vec!["hook".to_string(), "idle".to_string()]);
+        let alerts: Vec<(OutAlert, Arc<[String]>)> = (0..4)
+            .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
+            .collect();
+        let mut batch = store.batch();
+        outbox.stage(&mut batch, &alerts).unwrap();
+        store.write(batch).unwrap();
+        outbox.committed();
+        let (hook, idle) = (metrics.sink("hook"), metrics.sink("idle"));
+        assert_eq!((hook.queue.get(), idle.queue.get()), (4, 4));
+        let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let report = run(
+            Arc::clone(&outbox),
+            0,
+            route("hook", &["r"], SinkFilter::default()),
+            Box::new(Retrying(0)),
+            dead_tx,
+            Arc::new(|| 0),
+            drain,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.delivered, 4);
+        assert_eq!(hook.delivered.get(), 4);
+        assert_eq!(hook.retries.get(), 4);
+        assert_eq!(hook.failures.get(), 0);
+        // The sink that did not run still has all four waiting.
+        assert_eq!((hook.queue.get(), idle.queue.get()), (0, 4));
     }
 }

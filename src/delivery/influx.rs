@@ -52,6 +52,8 @@ pub struct InfluxSink {
     measurement: Option<String>,
     batch: usize,
     retry: RetryConfig,
+    /// Attempts after the first, for the metrics.
+    retries: u64,
 }
 
 impl InfluxSink {
@@ -86,6 +88,7 @@ impl InfluxSink {
             measurement: config.measurement.clone().filter(|m| !m.is_empty()),
             batch: config.batch.max(1),
             retry: config.retry.clone(),
+            retries: 0,
         })
     }
 
@@ -245,6 +248,10 @@ impl Deliver for InfluxSink {
         self.batch
     }
 
+    fn retries(&self) -> u64 {
+        self.retries
+    }
+
     fn deliver<'a>(
         &'a mut self,
         batch: &'a [Arc<OutAlert>],
@@ -296,6 +303,7 @@ impl Deliver for InfluxSink {
                 }
                 tracing::warn!(sink = %self.name, attempt, %reason, ?retry_after,
                     "InfluxDB write failed; retrying");
+                self.retries += 1;
                 if !attempts.wait(retry_after, stop).await {
                     // The settled prefix only; the rest is written on the next start.
                     return outcomes.into_iter().map_while(|o| o).collect();

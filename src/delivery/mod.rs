@@ -189,6 +189,12 @@ pub trait Deliver: Send {
         stop: &'a CancellationToken,
     ) -> DeliverFuture<'a>;
 
+    /// Attempts after the first made so far, over every alert (for the metrics: the
+    /// dispatcher reads it after each `deliver`). Sinks that do not retry keep the default.
+    fn retries(&self) -> u64 {
+        0
+    }
+
     /// Called once when the dispatcher stops, after the last `deliver` (flush files, close
     /// connections).
     fn close(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

@@ -271,6 +271,10 @@ impl Deliver for MqttSink {
         BATCH
     }
 
+    fn retries(&self) -> u64 {
+        self.shared.lock().retries
+    }
+
     fn deliver<'a>(
         &'a mut self,
         batch: &'a [Arc<OutAlert>],
@@ -440,6 +444,8 @@ struct Tracker {
     unassigned: VecDeque<Ticket>,
     /// Publishes sent and not acknowledged, by packet id.
     inflight: HashMap<u16, Ticket>,
+    /// Publishes after an alert's first (after a reconnect or a refusal), for the metrics.
+    retries: u64,
 }
 
 impl Tracker {
@@ -459,6 +465,9 @@ impl Tracker {
     /// settled). Publishes still in flight belong to no batch from here on.
     fn finish(&mut self) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            self.retries += u64::from(slot.sends.saturating_sub(1));
+        }
         for slot in self.slots.drain(..) {
             match slot.state {
                 SlotState::Done(o) => outcomes.push(o),

@@ -37,6 +37,8 @@ pub struct WebhookSink {
     headers: HeaderMap,
     secrets: Vec<Secret>,
     retry: RetryConfig,
+    /// Attempts after the first, for the metrics.
+    retries: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for WebhookSink {
@@ -119,6 +121,7 @@ impl WebhookSink {
             headers,
             secrets,
             retry: config.retry.clone(),
+            retries: Default::default(),
         })
     }
 
@@ -179,6 +182,8 @@ impl WebhookSink {
                 %reason,
                 "webhook attempt failed; retrying"
             );
+            self.retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
@@ -324,6 +329,10 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
 }
 
 impl Deliver for WebhookSink {
+    fn retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn deliver<'a>(
         &'a mut self,
         batch: &'a [Arc<OutAlert>],

@@ -109,9 +109,13 @@ pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
             }
         }
         TExprKind::Call { func, args } => call(*func, args, ctx),
-        // User functions are bound by the engine when rhai support lands (issue: authoring);
-        // until then a call evaluates to null, so its condition is false.
-        TExprKind::User { .. } => Value::Null,
+        // A user function that fails (or whose script is not loaded) gives null: unknown,
+        // so its condition is false and its emit field null. The failure is counted on the
+        // function (`Program::script_errors`).
+        TExprKind::User { func, args, .. } => match func {
+            Some(f) => f.call(args.iter().map(|a| eval(a, ctx)).collect()),
+            None => Value::Null,
+        },
     }
 }
 

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod key;
 pub mod persist;
 pub mod run;
+pub mod trace;
 pub mod window;
 
 use std::cmp::Reverse;
@@ -155,6 +156,8 @@ struct Group {
     stats: Stats,
     /// What changed since the last [`Engine::persist`] (tracked only when persisting).
     changes: Option<Box<Changes>>,
+    /// What the runs did (recorded only for `explain --input` and `tern test`).
+    trace: Option<Box<trace::Trace>>,
 }
 
 /// A group's changes since the last write of its state.
@@ -222,6 +225,7 @@ impl Group {
             found: Vec::new(),
             stats: Stats::default(),
             changes: None,
+            trace: None,
         })
     }
 
@@ -404,8 +408,17 @@ impl Group {
         slot.scheduled = None;
         let before = slot.state.runs.len() as u64;
         self.found.clear();
-        slot.state
-            .advance(&rt.nfa, now, &mut self.scratch, &mut self.found);
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.begin(&rt.nfa.rule.name, key.to_json(&rt.nfa.rule.key_names));
+            t.note(trace::What::Time { now });
+        }
+        slot.state.advance_traced(
+            &rt.nfa,
+            now,
+            &mut self.scratch,
+            &mut self.found,
+            self.trace.as_deref_mut(),
+        );
         let after = slot.state.runs.len() as u64;
         self.stats.runs = self.stats.runs + after - before.min(self.stats.runs + after);
         emit_found(
@@ -454,12 +467,20 @@ impl Group {
                     let before = slot.state.runs.len() as u64;
                     self.found.clear();
                     let key_value = key.value();
-                    slot.state.on_event(
+                    if let Some(t) = self.trace.as_deref_mut() {
+                        t.begin(&rt.nfa.rule.name, key.to_json(&rt.nfa.rule.key_names));
+                        t.note(trace::What::Event {
+                            event: Arc::clone(&event),
+                            seq: slot.state.next_seq,
+                        });
+                    }
+                    slot.state.on_event_traced(
                         &rt.nfa,
                         &event,
                         &key_value,
                         &mut self.scratch,
                         &mut self.found,
+                        self.trace.as_deref_mut(),
                     );
                     let after = slot.state.runs.len() as u64;
                     self.stats.runs = (self.stats.runs + after).saturating_sub(before);
@@ -485,6 +506,14 @@ impl Group {
             .find(|r| r.nfa.rule.name == rule)
             .and_then(|r| r.keys.get(key))
             .map(|s| &s.state)
+    }
+
+    /// Every key of `rule` holding state; `None` when the rule is not in this group.
+    pub fn keys_of(&self, rule: &str) -> Option<Vec<(&KeyVal, &KeyState)>> {
+        self.rules
+            .iter()
+            .find(|r| r.nfa.rule.name == rule)
+            .map(|r| r.keys.iter().map(|(k, s)| (k, &s.state)).collect())
     }
 
     /// Approximate bytes of per-key state held, over all rules (keys, runs, buffers; the
@@ -601,6 +630,11 @@ impl Engine {
         &self.program
     }
 
+    /// Every user (rhai) function a rule calls, with how many of its calls failed so far.
+    pub fn script_errors(&self) -> Vec<crate::compile::script::ScriptErrors> {
+        self.program.script_errors()
+    }
+
     /// Counters so far, over all groups (the peak is the sum of each group's peak).
     pub fn stats(&self) -> Stats {
         let mut t = Stats::default();
@@ -689,9 +723,59 @@ impl Engine {
         self.groups.iter().find_map(|g| g.key_state(rule, key))
     }
 
+    /// True when `program` runs exactly as this engine's: the same streams (by schema),
+    /// aggregates and rules (by fingerprint), in the same order. A reload of such a program
+    /// can keep this engine and its state as they are.
+    pub fn runs_same_as(&self, program: &Program) -> bool {
+        let old = &self.program;
+        old.streams.len() == program.streams.len()
+            && self
+                .schema_fp
+                .iter()
+                .zip(&program.streams)
+                .all(|(fp, s)| *fp == persist::fingerprint(s))
+            && old.aggregates.len() == program.aggregates.len()
+            && old
+                .aggregates
+                .iter()
+                .zip(&program.aggregates)
+                .all(|(a, b)| persist::fingerprint(a) == persist::fingerprint(b))
+            && old.rules.len() == program.rules.len()
+            && old
+                .rules
+                .iter()
+                .zip(&program.rules)
+                .all(|(a, b)| a.name == b.name && a.fingerprint == b.fingerprint)
+    }
+
+    /// Every key of `rule` holding state (partial matches, or matches held back), for the
+    /// admin API; `None` when no rule has that name.
+    pub fn keys_of(&self, rule: &str) -> Option<Vec<(&KeyVal, &KeyState)>> {
+        self.groups.iter().find_map(|g| g.keys_of(rule))
+    }
+
     /// Approximate bytes of per-key state held, over all rules.
     pub fn state_bytes(&self) -> usize {
         self.groups.iter().map(Group::state_bytes).sum()
+    }
+
+    /// Starts recording what every run does ([`trace`]), for `tern explain --input` and
+    /// `tern test`; [`Engine::take_trace`] collects it.
+    pub fn enable_trace(&mut self) {
+        for g in &mut self.groups {
+            g.trace.get_or_insert_with(Box::default);
+        }
+    }
+
+    /// The trace recorded since the last call (empty unless [`Engine::enable_trace`]).
+    pub fn take_trace(&mut self) -> Vec<trace::Record> {
+        let mut out = Vec::new();
+        for g in &mut self.groups {
+            if let Some(t) = g.trace.as_deref_mut() {
+                out.append(&mut t.take());
+            }
+        }
+        out
     }
 
     /// Starts tracking what changes, for [`Engine::persist`] (off by default: a replay

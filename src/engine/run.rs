@@ -13,6 +13,7 @@ use crate::lang::ast::Contiguity;
 
 use super::buffer::{Buffer, NIL};
 use super::eval::{self, Ctx};
+use super::trace::{Reason, Trace, What};
 
 /// A partial match.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -130,6 +131,19 @@ impl KeyState {
         scratch: &mut Scratch,
         out: &mut Vec<Found>,
     ) {
+        self.on_event_traced(nfa, event, key, scratch, out, None);
+    }
+
+    /// [`KeyState::on_event`], recording what happens to each run in `trace` when given.
+    pub fn on_event_traced(
+        &mut self,
+        nfa: &Nfa,
+        event: &Arc<Event>,
+        key: &Value,
+        scratch: &mut Scratch,
+        out: &mut Vec<Found>,
+        mut trace: Option<&mut Trace>,
+    ) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let first_out = out.len();
@@ -138,7 +152,16 @@ impl KeyState {
         let mut created: Vec<Run> = Vec::new();
         let mut runs = std::mem::take(&mut self.runs);
         for mut run in runs.drain(..) {
-            let keep = self.step_run(nfa, &mut run, event, seq, key, &mut created, out);
+            let keep = self.step_run(
+                nfa,
+                &mut run,
+                event,
+                seq,
+                key,
+                &mut created,
+                out,
+                trace.as_deref_mut(),
+            );
             if keep {
                 survivors.push(run);
             } else {
@@ -161,7 +184,16 @@ impl KeyState {
         let matched = self.matching_waits(nfa, &start_run, event, key, true);
         for i in bits(matched.taken) {
             let wait = &nfa.states[0].waits[i];
-            let r = self.extend(nfa, &start_run, wait.target, wait.var, event, seq, out);
+            let r = self.extend(
+                nfa,
+                &start_run,
+                wait.target,
+                wait.var,
+                event,
+                seq,
+                out,
+                trace.as_deref_mut(),
+            );
             if let Some(r) = r {
                 created.push(r);
             }
@@ -179,7 +211,10 @@ impl KeyState {
         scratch.runs = survivors;
         // Matches completed by one event come out in the order of their first events (§5).
         out[first_out..].sort_by_key(|f| (f.start_seq, f.id));
-        self.settle(nfa, scratch, out, first_out);
+        self.settle(nfa, scratch, out, first_out, trace.as_deref_mut());
+        if let Some(t) = trace {
+            note_emitted(t, &out[first_out..]);
+        }
     }
 
     /// Applies one event to one run; returns whether the run survives.
@@ -193,18 +228,29 @@ impl KeyState {
         key: &Value,
         created: &mut Vec<Run>,
         out: &mut Vec<Found>,
+        mut trace: Option<&mut Trace>,
     ) -> bool {
         let state = &nfa.states[run.state as usize];
         if run.absence
             && let Completion::Absence(guards) = &state.complete
         {
-            if guards
+            if let Some(g) = guards
                 .iter()
-                .any(|g| self.guard_hits(nfa, g, run, event, key))
+                .find(|g| self.guard_hits(nfa, g, run, event, key))
             {
                 // The negated event happened: no absence (§4).
                 run.absence = false;
                 if run.alive == 0 {
+                    if let Some(t) = trace {
+                        t.note(What::Ended {
+                            run: run.id,
+                            state: run.state,
+                            reason: Reason::Negation {
+                                name: g.name.clone(),
+                                stream: g.stream,
+                            },
+                        });
+                    }
                     return false;
                 }
             } else if guards.iter().all(|g| g.strict) {
@@ -220,6 +266,13 @@ impl KeyState {
                     last_seq: self.last_seq(run.tail),
                     id: run.id,
                 });
+                if let Some(t) = trace.as_deref_mut() {
+                    t.note(What::Completed {
+                        run: run.id,
+                        state: run.state,
+                        time: event.time,
+                    });
+                }
             }
         }
         let matched = self.matching_waits(nfa, run, event, key, false);
@@ -266,11 +319,24 @@ impl KeyState {
                 ended |= bit;
             }
         }
+        let mark = trace.as_deref().map_or(0, Trace::len);
         for i in bits(matched.taken) {
             let wait = &state.waits[i];
-            if let Some(r) = self.extend(nfa, run, wait.target, wait.var, event, seq, out) {
+            if let Some(r) = self.extend(
+                nfa,
+                run,
+                wait.target,
+                wait.var,
+                event,
+                seq,
+                out,
+                trace.as_deref_mut(),
+            ) {
                 created.push(r);
             }
+        }
+        if let Some(t) = trace {
+            self.trace_step(nfa, run, ended, matched.taken, event, key, mark, t);
         }
         run.alive &= !ended;
         run.fresh = false;
@@ -318,6 +384,95 @@ impl KeyState {
         }
     }
 
+    /// Records what one event did to a run that took nothing or took and ended (cold: only
+    /// when tracing). Called before the run's waits are updated.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn trace_step(
+        &self,
+        nfa: &Nfa,
+        run: &Run,
+        ended: u64,
+        taken: u64,
+        event: &Event,
+        key: &Value,
+        mark: usize,
+        t: &mut Trace,
+    ) {
+        let survives = run.alive & !ended != 0 || run.absence;
+        if taken != 0 {
+            if !survives {
+                // The first run made from this one replaces it.
+                let me = run.id;
+                if let Some(r) = t
+                    .since(mark)
+                    .iter_mut()
+                    .find(|r| matches!(r.what, What::Branched { from, .. } if from == me))
+                    && let What::Branched { from, run, state } = r.what
+                {
+                    r.what = What::Advanced { from, run, state };
+                }
+            }
+            return;
+        }
+        if survives {
+            t.note(What::Skipped {
+                run: run.id,
+                state: run.state,
+            });
+        } else if let Some(reason) = self.end_reason(nfa, run, ended, event, key) {
+            t.note(What::Ended {
+                run: run.id,
+                state: run.state,
+                reason,
+            });
+        }
+    }
+
+    /// Why the waits in `ended` ended, most telling first: a negation, an `until`, strict
+    /// contiguity, a greedy loop.
+    fn end_reason(
+        &self,
+        nfa: &Nfa,
+        run: &Run,
+        ended: u64,
+        event: &Event,
+        key: &Value,
+    ) -> Option<Reason> {
+        let state = &nfa.states[run.state as usize];
+        let ended = ended & run.alive;
+        for i in bits(ended) {
+            if let Some(g) = state.waits[i]
+                .guards
+                .iter()
+                .find(|g| self.guard_hits(nfa, g, run, event, key))
+            {
+                return Some(Reason::Negation {
+                    name: g.name.clone(),
+                    stream: g.stream,
+                });
+            }
+        }
+        for i in bits(ended) {
+            let w = &state.waits[i];
+            if w.until
+                .is_some_and(|u| w.stream.0 == event.stream && self.cond(nfa, u, run, event, key))
+            {
+                return Some(Reason::Until { step: w.target });
+            }
+        }
+        for i in bits(ended) {
+            let w = &state.waits[i];
+            if w.contiguity == Contiguity::Strict {
+                return Some(Reason::Strict {
+                    step: w.target,
+                    other_stream: w.stream.0 != event.stream,
+                });
+            }
+        }
+        (ended != 0).then_some(Reason::Greedy)
+    }
+
     fn guard_hits(&self, nfa: &Nfa, g: &Guard, run: &Run, event: &Event, key: &Value) -> bool {
         if g.strict && !run.fresh {
             return false;
@@ -359,6 +514,7 @@ impl KeyState {
         event: &Arc<Event>,
         seq: u64,
         out: &mut Vec<Found>,
+        mut trace: Option<&mut Trace>,
     ) -> Option<Run> {
         let in_loop = nfa.rule.vars.get(var.0 as usize).is_some_and(|v| v.is_loop);
         let tail = self
@@ -366,6 +522,20 @@ impl KeyState {
             .push(Arc::clone(event), seq, var, in_loop, from.tail);
         let id = self.next_run;
         self.next_run += 1;
+        if let Some(t) = trace.as_deref_mut() {
+            t.note(if from.tail == NIL {
+                What::Started {
+                    run: id,
+                    state: target,
+                }
+            } else {
+                What::Branched {
+                    from: from.id,
+                    run: id,
+                    state: target,
+                }
+            });
+        }
         let state = &nfa.states[target as usize];
         let mut alive = if state.waits.len() >= 64 {
             u64::MAX
@@ -404,6 +574,13 @@ impl KeyState {
                     id,
                 });
                 run.completed = true;
+                if let Some(t) = trace {
+                    t.note(What::Completed {
+                        run: id,
+                        state: target,
+                        time: event.time,
+                    });
+                }
                 // A trailing reluctant loop stops at its minimum (§3).
                 for (i, w) in state.waits.iter().enumerate() {
                     if let Some(t) = w.tag {
@@ -430,6 +607,18 @@ impl KeyState {
 
     /// Advances time to `now`: expires runs whose bounds passed, completes absences (§4).
     pub fn advance(&mut self, nfa: &Nfa, now: Nanos, scratch: &mut Scratch, out: &mut Vec<Found>) {
+        self.advance_traced(nfa, now, scratch, out, None);
+    }
+
+    /// [`KeyState::advance`], recording what happens to each run in `trace` when given.
+    pub fn advance_traced(
+        &mut self,
+        nfa: &Nfa,
+        now: Nanos,
+        scratch: &mut Scratch,
+        out: &mut Vec<Found>,
+        mut trace: Option<&mut Trace>,
+    ) {
         let within = nfa.rule.within;
         let timeouts = nfa.rule.on_timeout.is_some();
         let first_out = out.len();
@@ -438,10 +627,12 @@ impl KeyState {
         while i < runs.len() {
             let run = &mut runs[i];
             let mut dead = None;
+            let mut whole = false;
             if let Some(w) = within {
                 let deadline = run.start_time.saturating_add(w);
                 if now >= deadline {
                     dead = Some(deadline);
+                    whole = true;
                 }
             }
             if dead.is_none() {
@@ -462,6 +653,9 @@ impl KeyState {
             }
             if let Some(deadline) = dead {
                 let run = runs.swap_remove(i);
+                if let Some(t) = trace.as_deref_mut() {
+                    note_expired(t, &run, deadline, whole, timeouts);
+                }
                 let last_seq = self.last_seq(run.tail);
                 if run.absence {
                     out.push(Found {
@@ -493,15 +687,34 @@ impl KeyState {
         self.runs = runs;
         // Outputs of one advance come out in deadline order, then run order.
         out[first_out..].sort_by_key(|f| (f.time, f.start_seq, f.id));
-        self.settle(nfa, scratch, out, first_out);
+        self.settle(nfa, scratch, out, first_out, trace.as_deref_mut());
+        if let Some(t) = trace {
+            note_emitted(t, &out[first_out..]);
+        }
     }
 
     /// Emits or holds back matches as the skip strategy says (§5).
-    fn settle(&mut self, nfa: &Nfa, scratch: &mut Scratch, out: &mut Vec<Found>, from: usize) {
+    fn settle(
+        &mut self,
+        nfa: &Nfa,
+        scratch: &mut Scratch,
+        out: &mut Vec<Found>,
+        from: usize,
+        mut trace: Option<&mut Trace>,
+    ) {
         let skip = nfa.rule.skip;
         if skip == Skip::None {
             return;
         }
+        // Only a trace needs to tell new matches from held ones (no allocation otherwise).
+        let new_matches: Vec<u64> = match trace {
+            Some(_) => out[from..]
+                .iter()
+                .filter(|f| f.kind == FoundKind::Match)
+                .map(|f| f.id)
+                .collect(),
+            None => Vec::new(),
+        };
         // Matches found just now join the held-back ones; timeouts pass straight through.
         let mut keep = std::mem::take(&mut scratch.found);
         keep.clear();
@@ -527,6 +740,7 @@ impl KeyState {
                 Skip::ToFirst(v) => self.var_seq(m.tail, v, true).map(Cut::Before),
                 Skip::ToLast(v) => self.var_seq(m.tail, v, false).map(Cut::Before),
             };
+            let by = m.id;
             out.push(m);
             if let Some(cut) = cut {
                 let mut runs = std::mem::take(&mut self.runs);
@@ -534,6 +748,13 @@ impl KeyState {
                     let drop = cut.drops(r.start_seq);
                     if drop {
                         self.buffer.release(r.tail);
+                        if let Some(t) = trace.as_deref_mut() {
+                            t.note(What::Ended {
+                                run: r.id,
+                                state: r.state,
+                                reason: Reason::Skip { by },
+                            });
+                        }
                     }
                     !drop
                 });
@@ -543,10 +764,20 @@ impl KeyState {
                     let drop = cut.drops(p.start_seq);
                     if drop {
                         self.buffer.release(p.tail);
+                        if let Some(t) = trace.as_deref_mut() {
+                            t.note(What::Discarded { run: p.id, by });
+                        }
                     }
                     !drop
                 });
                 self.pending = pending;
+            }
+        }
+        if let Some(t) = trace {
+            for p in &self.pending {
+                if new_matches.contains(&p.id) {
+                    t.note(What::Held { run: p.id });
+                }
             }
         }
     }
@@ -564,6 +795,48 @@ impl KeyState {
         self.pending.clear();
         self.buffer = Buffer::default();
     }
+}
+
+/// Records the alerts a step produced, in the order they come out.
+#[cold]
+fn note_emitted(t: &mut Trace, found: &[Found]) {
+    for f in found {
+        t.note(What::Emitted {
+            run: f.id,
+            kind: f.kind,
+            time: f.time,
+        });
+    }
+}
+
+/// Records a run whose time ran out: an absence completes, a timeout is reported, anything
+/// else ends.
+#[cold]
+fn note_expired(t: &mut Trace, run: &Run, deadline: Nanos, whole: bool, timeouts: bool) {
+    let reason = if whole {
+        Reason::Within { deadline }
+    } else {
+        Reason::StepBound { deadline }
+    };
+    t.note(if run.absence {
+        What::Completed {
+            run: run.id,
+            state: run.state,
+            time: deadline,
+        }
+    } else if timeouts && !run.completed {
+        What::TimedOut {
+            run: run.id,
+            state: run.state,
+            reason,
+        }
+    } else {
+        What::Ended {
+            run: run.id,
+            state: run.state,
+            reason,
+        }
+    });
 }
 
 /// Pruning rule of a skip strategy.

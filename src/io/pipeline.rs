@@ -21,7 +21,7 @@
 //! the next start. Pending absences are not fired: the next run continues from the broker's
 //! queue.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,12 +41,15 @@ use crate::engine::Engine;
 use crate::engine::alert::Alert;
 use crate::engine::persist::{self, StateWriter};
 use crate::event::Nanos;
+use crate::io::control::{Handle, KeyError, KeyInfo, ReloadOutcome, Request, RuleInfo};
 use crate::io::deadletter::{
     self, BadMessages, DeadLetter, DeadLetterReport, DeadLetterSink, Letter,
 };
 use crate::io::mqtt::{self, Inbound, MqttSource, Publisher, SourceReport, SourceStatus};
+use crate::io::reload::{self, LoadFailure, Loader, RuleSet};
 use crate::lang::diagnostic::Diagnostic;
 use crate::lang::source::Sources;
+use crate::metrics::{EngineMetrics, Metrics};
 use crate::store::{Ops, Store};
 
 /// Wall-clock time, injected so that tests decide what "now" is.
@@ -116,12 +119,17 @@ pub struct Pipeline {
     config: Config,
     program: Arc<Program>,
     profiles: Vec<Profile>,
+    loader: Loader,
+    places: reload::Places,
     password: Option<SecretString>,
     warnings: (Sources, Vec<Diagnostic>),
     extra_sinks: Vec<(String, Box<dyn Deliver>)>,
     taps: Vec<(String, Box<dyn Deliver>)>,
     clock: Arc<dyn Clock>,
     status: watch::Sender<SourceStatus>,
+    control: Handle,
+    requests: mpsc::Receiver<Request>,
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -157,48 +165,46 @@ impl Pipeline {
             ),
             None => None,
         };
-        let devices = config.devices.is_dir().then_some(config.devices.as_path());
         let mut sink_names = config.sink_names();
         for (name, _) in &extra_sinks {
             if !sink_names.contains(name) {
                 sink_names.push(name.clone());
             }
         }
-        let loaded = crate::compile::load(&config.rules, devices, &sink_names)
-            .context("cannot load the rules")?;
-        if loaded.has_errors() {
-            return Err(StartError::Rejected {
-                sources: loaded.sources,
-                diagnostics: loaded.diagnostics,
-            });
-        }
-        let program = Arc::new(loaded.program);
-        let mut profile_sources = Sources::new();
-        let (all, _) = match devices {
-            Some(d) => crate::devices::load_dir(d, &mut profile_sources),
-            None => (Vec::new(), Vec::new()),
+        let loader = Loader {
+            rules: config.rules.clone(),
+            devices: config.devices.clone(),
+            sinks: sink_names,
         };
-        let used = streams_read(&program);
-        let profiles = all
-            .into_iter()
-            .filter_map(|mut p| {
-                let id = program.stream_id(&p.stream_name)?;
-                used.contains(&id).then(|| {
-                    p.set_stream_index(id.0);
-                    p
-                })
-            })
-            .collect();
+        let set = match loader.load() {
+            Ok(set) => set,
+            Err(LoadFailure::Rejected {
+                sources,
+                diagnostics,
+            }) => {
+                return Err(StartError::Rejected {
+                    sources,
+                    diagnostics,
+                });
+            }
+            Err(LoadFailure::Failed(e)) => return Err(StartError::Failed(e)),
+        };
+        let (control, requests) = Handle::new();
         Ok(Pipeline {
             config,
-            program,
-            profiles,
+            program: set.program,
+            profiles: set.profiles,
+            loader,
+            places: set.places,
             password,
-            warnings: (loaded.sources, loaded.diagnostics),
+            warnings: (set.sources, set.warnings),
             extra_sinks,
             taps: Vec::new(),
             clock: Arc::new(SystemClock),
             status: watch::Sender::new(SourceStatus::default()),
+            control,
+            requests,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -206,6 +212,13 @@ impl Pipeline {
     /// demo's console). It has its own place in the outbox under `name`.
     pub fn with_tap(mut self, name: &str, sink: Box<dyn Deliver>) -> Pipeline {
         self.taps.push((name.to_owned(), sink));
+        self
+    }
+
+    /// Counts into `metrics` (the admin endpoint's registry) instead of a registry of its
+    /// own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Pipeline {
+        self.metrics = metrics;
         self
     }
 
@@ -227,19 +240,17 @@ impl Pipeline {
 
     /// The topic filters the source subscribes to: one per device profile a rule reads.
     pub fn subscriptions(&self) -> Vec<String> {
-        let mut filters: Vec<String> = Vec::new();
-        for p in &self.profiles {
-            let f = p.subscription_filter();
-            if !filters.contains(&f) {
-                filters.push(f);
-            }
-        }
-        filters
+        reload::subscriptions(&self.profiles)
     }
 
     /// Watches the source's connection (connected, subscribed): ready once subscribed.
     pub fn status(&self) -> watch::Receiver<SourceStatus> {
         self.status.subscribe()
+    }
+
+    /// Sends requests (reload, rules, a key's partial matches) to the running pipeline.
+    pub fn handle(&self) -> Handle {
+        self.control.clone()
     }
 
     /// The broker the source connects to (the embedded one without `[broker]`).
@@ -251,7 +262,7 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown` is cancelled, then drains and flushes (see the module docs).
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Summary> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Summary> {
         let broker = self.broker();
         if self.config.broker.is_none() {
             let listen = self.config.embedded_broker.listen;
@@ -264,6 +275,7 @@ impl Pipeline {
         if filters.is_empty() {
             tracing::warn!("no rule reads a stream from a device profile: nothing to subscribe to");
         }
+        let (filters_tx, filters_rx) = watch::channel(filters.clone());
         let source = MqttSource::new(
             broker.clone(),
             self.password.clone(),
@@ -271,7 +283,8 @@ impl Pipeline {
             self.config.qos,
             self.config.queue,
         )?
-        .with_status(self.status.clone());
+        .with_status(self.status.clone())
+        .with_filter_updates(filters_rx);
 
         // Everything that can fail at startup (state, files, TLS) is opened before any task
         // starts.
@@ -282,30 +295,33 @@ impl Pipeline {
                 .await
                 .context("opening the state directory")??,
         );
+        self.metrics.set_state_open(true);
         let ctx = delivery::BuildContext {
             broker: &broker,
             password: self.password.as_ref(),
         };
-        let mut sinks = plan_sinks(&self.config, &self.program, self.extra_sinks, &ctx)?;
-        for (name, sink) in self.taps {
-            let rules = self.program.rules.iter().map(|r| r.name.clone()).collect();
-            let route = Route {
-                name,
-                rules,
-                filter: Default::default(),
-            };
-            sinks.push((route, sink));
+        let (routing, mut sinks) = plan_sinks(
+            &self.config,
+            &self.program,
+            self.extra_sinks,
+            self.taps,
+            &ctx,
+        )?;
+        let places = std::mem::take(&mut self.places);
+        let routes = routing.routes(&self.program);
+        // Outbox entries of a format-1 directory carry no sinks: they follow today's rules.
+        for (route, _) in &mut sinks {
+            route.rules = routes
+                .iter()
+                .filter(|(_, to)| to.contains(&route.name))
+                .map(|(rule, _)| rule.clone())
+                .collect();
         }
         let names: Vec<String> = sinks.iter().map(|(r, _)| r.name.clone()).collect();
-        let outbox = Arc::new(Outbox::open(
-            Arc::clone(&store),
-            &names,
-            self.config.outbox_capacity,
-        )?);
-        let routed: HashSet<String> = sinks
-            .iter()
-            .flat_map(|(r, _)| r.rules.iter().cloned())
-            .collect();
+        let outbox = Arc::new(
+            Outbox::open(Arc::clone(&store), &names, self.config.outbox_capacity)?
+                .with_metrics(&self.metrics, &names),
+        );
         let publisher_abort = CancellationToken::new();
         let mut publisher_task = None;
         let topic = match &self.config.dead_letter.topic {
@@ -358,12 +374,14 @@ impl Pipeline {
             self.profiles,
             Arc::clone(&self.clock),
             self.config.dedupe_window,
-            routed,
+            routes,
             Arc::clone(&outbox),
             dead_tx,
             applied_tx,
         )?
-        .with_shutdown(shutdown.clone());
+        .with_shutdown(shutdown.clone())
+        .with_places(places)
+        .with_metrics(Arc::clone(&self.metrics));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("tern-engine".into())
@@ -372,6 +390,25 @@ impl Pipeline {
                 let _ = done_tx.send(worker.report());
             })
             .context("cannot start the engine thread")?;
+
+        // Reloads and questions from SIGHUP, the file watcher and the admin API.
+        let requests = tokio::spawn(serve_requests(
+            self.requests,
+            self.loader.clone(),
+            routing,
+            in_tx.clone(),
+            filters_tx,
+            shutdown.clone(),
+        ));
+        tokio::spawn(reload::on_sighup(self.control.clone(), shutdown.clone()));
+        if self.config.watch_rules {
+            tokio::spawn(reload::watch(
+                self.loader.clone(),
+                Duration::from_secs(1),
+                self.control.clone(),
+                shutdown.clone(),
+            ));
+        }
 
         // Idle ticker.
         let tick_tx = in_tx.clone();
@@ -398,6 +435,7 @@ impl Pipeline {
             shutdown.cancel();
         }
         let _ = ticker.await;
+        let _ = requests.await;
         let engine = done_rx.await.context("the engine thread failed")?;
 
         // The sinks deliver what the outbox holds, for a while.
@@ -446,6 +484,7 @@ impl Pipeline {
             }
         }
         drop(outbox);
+        self.metrics.set_state_open(false);
         let source = source_result?;
         Ok(Summary {
             source,
@@ -498,32 +537,92 @@ pub struct WorkerReport {
     pub stored: u64,
 }
 
-/// Streams whose events the program reads from outside (not aggregate outputs).
-fn streams_read(program: &Program) -> HashSet<StreamId> {
-    let mut used: HashSet<StreamId> = program
-        .rules
-        .iter()
-        .flat_map(|r| r.streams.iter().copied())
-        .collect();
-    used.extend(program.aggregates.iter().map(|a| a.source));
-    for a in &program.aggregates {
-        used.remove(&a.output);
-    }
-    used
+/// Where each rule's alerts go: rule name to sink names.
+pub type Routes = HashMap<String, Arc<[String]>>;
+
+/// The sinks of a run, which stay for its whole life, and how rules map onto them. A reload
+/// recomputes the routes for its rules against the same sinks.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Configured and caller-given sinks, in order.
+    sinks: Vec<String>,
+    /// Sinks that receive every rule (the demo's console).
+    taps: Vec<String>,
+    /// No sink was configured: every alert goes to stdout.
+    nothing_configured: bool,
+    /// A `stdout` sink runs, configured or not.
+    stdout: bool,
 }
 
-/// The sinks to start, each with the rules routed to it.
-///
-/// Rules name sinks in `to` (every configured sink without it). `stdout` works without
-/// configuration; without any configured sink every alert goes to stdout. A name that is
-/// not configured is warned about once here.
+impl Routing {
+    /// Rule name to the sinks it sends to. Rules name sinks in `to` (every configured sink
+    /// without it). A name that is not a sink is warned about here.
+    pub fn routes(&self, program: &Program) -> Routes {
+        let mut routes = Routes::new();
+        let mut missing: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        let mut nowhere = Vec::new();
+        for rule in &program.rules {
+            let named: Vec<String> = if self.nothing_configured {
+                vec!["stdout".into()]
+            } else if rule.sinks.is_empty() {
+                self.sinks.clone()
+            } else {
+                rule.sinks.clone()
+            };
+            let mut to: Vec<String> = Vec::new();
+            for name in named {
+                if self.sinks.contains(&name) || (name == "stdout" && self.stdout) {
+                    if !to.contains(&name) {
+                        to.push(name);
+                    }
+                } else {
+                    missing.entry(name).or_default().push(&rule.name);
+                }
+            }
+            if to.is_empty() {
+                nowhere.push(rule.name.as_str());
+            }
+            for tap in &self.taps {
+                if !to.contains(tap) {
+                    to.push(tap.clone());
+                }
+            }
+            if !to.is_empty() {
+                routes.insert(rule.name.clone(), to.into());
+            }
+        }
+        for (sink, rules) in &missing {
+            tracing::warn!(
+                target: "tern::routing",
+                sink = %sink,
+                rules = %rules.join(", "),
+                "rules send to a sink that tern.toml does not configure: those alerts are not sent there"
+            );
+        }
+        if !nowhere.is_empty() {
+            tracing::warn!(
+                target: "tern::routing",
+                rules = %nowhere.join(", "),
+                "no configured sink receives these rules' alerts: they are counted, not delivered"
+            );
+        }
+        routes
+    }
+}
+
+/// Sinks to start, each with its dispatcher's route.
+type Sinks = Vec<(Route, Box<dyn Deliver>)>;
+
+/// Builds the sinks to start. `stdout` works without configuration when a rule names it;
+/// without any configured sink every alert goes to it.
 fn plan_sinks(
     config: &Config,
     program: &Program,
     extra: Vec<(String, Box<dyn Deliver>)>,
+    taps: Vec<(String, Box<dyn Deliver>)>,
     ctx: &delivery::BuildContext<'_>,
-) -> anyhow::Result<Vec<(Route, Box<dyn Deliver>)>> {
-    let mut sinks: Vec<(Route, Box<dyn Deliver>)> = Vec::new();
+) -> anyhow::Result<(Routing, Sinks)> {
+    let mut sinks: Sinks = Vec::new();
     let route = |name: &str, filter| Route {
         name: name.to_owned(),
         rules: HashSet::new(),
@@ -544,57 +643,31 @@ fn plan_sinks(
         sinks.push((route(&name, filter), sink));
     }
     let nothing_configured = sinks.is_empty();
-    let mut missing: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    let mut nowhere = Vec::new();
-    for rule in &program.rules {
-        let names: Vec<String> = if nothing_configured {
-            vec!["stdout".into()]
-        } else if rule.sinks.is_empty() {
-            sinks.iter().map(|(r, _)| r.name.clone()).collect()
-        } else {
-            rule.sinks.clone()
-        };
-        let mut routed = false;
-        for name in names {
-            let index = match sinks.iter().position(|(r, _)| r.name == name) {
-                Some(i) => Some(i),
-                None if name == "stdout" => {
-                    sinks.push((
-                        route("stdout", Default::default()),
-                        Box::new(delivery::stdout::StdoutSink::new(StdoutFormat::Text)),
-                    ));
-                    Some(sinks.len() - 1)
-                }
-                None => None,
-            };
-            match index {
-                Some(i) => {
-                    sinks[i].0.rules.insert(rule.name.clone());
-                    routed = true;
-                }
-                None => missing.entry(name).or_default().push(&rule.name),
-            }
-        }
-        if !routed {
-            nowhere.push(rule.name.as_str());
-        }
+    let configured: Vec<String> = sinks.iter().map(|(r, _)| r.name.clone()).collect();
+    let named_stdout = nothing_configured
+        || program
+            .rules
+            .iter()
+            .any(|r| r.sinks.iter().any(|s| s == "stdout"));
+    let stdout = configured.iter().any(|n| n == "stdout") || named_stdout;
+    if !configured.iter().any(|n| n == "stdout") && named_stdout {
+        sinks.push((
+            route("stdout", Default::default()),
+            Box::new(delivery::stdout::StdoutSink::new(StdoutFormat::Text)),
+        ));
     }
-    for (sink, rules) in &missing {
-        tracing::warn!(
-            target: "tern::routing",
-            sink = %sink,
-            rules = %rules.join(", "),
-            "rules send to a sink that tern.toml does not configure: those alerts are not sent there"
-        );
+    let mut tap_names = Vec::new();
+    for (name, sink) in taps {
+        tap_names.push(name.clone());
+        sinks.push((route(&name, Default::default()), sink));
     }
-    if !nowhere.is_empty() {
-        tracing::warn!(
-            target: "tern::routing",
-            rules = %nowhere.join(", "),
-            "no configured sink receives these rules' alerts: they are counted, not delivered"
-        );
-    }
-    Ok(sinks)
+    let routing = Routing {
+        sinks: configured,
+        taps: tap_names,
+        nothing_configured,
+        stdout,
+    };
+    Ok((routing, sinks))
 }
 
 /// What the engine thread receives.
@@ -604,6 +677,100 @@ pub enum Input {
     Message(Inbound),
     /// Time to check idle streams.
     Tick,
+    /// Run a new rule set, between two batches.
+    Reload(Box<Swap>),
+    /// Answer a question about the running rules.
+    Query(Request),
+}
+
+/// A checked rule set on its way to the engine thread.
+pub struct Swap {
+    /// The rules and profiles.
+    pub set: RuleSet,
+    /// Where the new rules' alerts go.
+    pub routes: Routes,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<ReloadOutcome>,
+}
+
+impl std::fmt::Debug for Swap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swap")
+            .field("rules", &self.set.program.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves [`Request`]s until `shutdown`: a reload is loaded and checked here, off the engine
+/// thread, and only a valid set is sent on; questions go to the engine thread as they are.
+async fn serve_requests(
+    mut requests: mpsc::Receiver<Request>,
+    loader: Loader,
+    routing: Routing,
+    engine: mpsc::Sender<Input>,
+    filters: watch::Sender<Vec<String>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let (cause, reply) = match request {
+            Request::Reload { cause, reply } => (cause, reply),
+            question => {
+                if engine.send(Input::Query(question)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let l = loader.clone();
+        let loaded = match tokio::task::spawn_blocking(move || l.load()).await {
+            Ok(loaded) => loaded,
+            Err(e) => Err(LoadFailure::Failed(anyhow::anyhow!(
+                "the loader failed: {e}"
+            ))),
+        };
+        let set = match loaded {
+            Ok(set) => set,
+            Err(failure) => {
+                let outcome = failure.outcome();
+                reload::log_outcome(cause, &outcome);
+                let _ = reply.send(outcome);
+                continue;
+            }
+        };
+        if !set.warnings.is_empty() {
+            let text = crate::lang::render::to_text(&set.sources, &set.warnings);
+            tracing::warn!(cause, "the new rules have warnings:\n{}", text.trim_end());
+        }
+        let routes = routing.routes(&set.program);
+        let subscriptions = reload::subscriptions(&set.profiles);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let swap = Swap {
+            set,
+            routes,
+            reply: done,
+        };
+        if engine.send(Input::Reload(Box::new(swap))).await.is_err() {
+            return;
+        }
+        let Ok(outcome) = answer.await else { return };
+        reload::log_outcome(cause, &outcome);
+        if matches!(outcome, ReloadOutcome::Reloaded(_)) {
+            filters.send_if_modified(|f| {
+                let changed = *f != subscriptions;
+                *f = subscriptions;
+                changed
+            });
+        }
+        let _ = reply.send(outcome);
+    }
 }
 
 impl From<Inbound> for Input {
@@ -632,8 +799,8 @@ pub struct Worker {
     /// State changes of the current batch.
     ops: Ops,
     idle: Vec<IdleStream>,
-    /// Rules whose alerts some sink receives.
-    routed: HashSet<String>,
+    /// Where each rule's alerts go; a rule missing here is counted, not delivered.
+    routes: Routes,
     outbox: Arc<Outbox>,
     dead: mpsc::Sender<Letter>,
     applied: watch::Sender<u64>,
@@ -642,9 +809,16 @@ pub struct Worker {
     duplicates_log: BadMessages,
     report: WorkerReport,
     alerts: Vec<Alert>,
-    /// Alerts of the current batch, for the outbox.
-    staged: Vec<OutAlert>,
+    /// Per rule, the file and line that define it (for `GET /rules`).
+    places: reload::Places,
+    /// Alerts per rule since it started running.
+    alerts_by_rule: HashMap<Arc<str>, u64>,
+    /// Events counted by engines replaced by reloads.
+    events_before: u64,
+    /// Alerts of the current batch with their sinks, for the outbox.
+    staged: Vec<(OutAlert, Arc<[String]>)>,
     shutdown: CancellationToken,
+    metrics: EngineMetrics,
 }
 
 impl Worker {
@@ -655,7 +829,7 @@ impl Worker {
         profiles: Vec<Profile>,
         clock: Arc<dyn Clock>,
         dedupe_window: usize,
-        routed: HashSet<String>,
+        routes: Routes,
         outbox: Arc<Outbox>,
         dead: mpsc::Sender<Letter>,
         applied: watch::Sender<u64>,
@@ -670,17 +844,12 @@ impl Worker {
                 last_arrival: 0,
             })
             .collect();
-        let mut engine = Engine::new(program).context("cannot compile the rules")?;
-        engine.track_changes();
-        // What the last run left: partial matches, buffered events, watermarks, and the
-        // messages it applied (so the broker's redeliveries of them are dropped).
+        let metrics = EngineMetrics::new(Arc::new(Metrics::new()), &program);
         let store = Arc::clone(outbox.store());
+        let engine = open_engine(program, &store)?;
+        // The messages the last run applied, so the broker's redeliveries of them are
+        // dropped.
         let mut stale = Ops::default();
-        let restored = engine.restore(
-            store.scan(persist::KEYS)?,
-            store.scan(persist::GROUPS)?,
-            &mut stale,
-        );
         let dedupe = Dedupe::load(
             dedupe_window,
             store.scan(crate::store::cf::DEDUPE)?,
@@ -690,19 +859,6 @@ impl Worker {
             let mut batch = store.batch();
             batch.apply(&stale)?;
             store.write(batch)?;
-        }
-        for (what, records) in &restored.dropped {
-            tracing::info!(rule = %what, records,
-                "state of a rule or stream that changed (or is gone) was dropped: it starts afresh");
-        }
-        if restored.keys + restored.buffered + restored.windows > 0 {
-            tracing::info!(
-                keys = restored.keys,
-                partial_matches = restored.runs,
-                buffered_events = restored.buffered,
-                windows = restored.windows,
-                "state restored"
-            );
         }
         let now = clock.now();
         let mut idle: Vec<IdleStream> = idle;
@@ -717,7 +873,7 @@ impl Worker {
             dedupe,
             ops: Ops::default(),
             idle,
-            routed,
+            routes,
             outbox,
             dead,
             applied,
@@ -726,9 +882,25 @@ impl Worker {
             duplicates_log: BadMessages::default(),
             report: WorkerReport::default(),
             alerts: Vec::new(),
+            places: reload::Places::new(),
+            alerts_by_rule: HashMap::new(),
+            events_before: 0,
             staged: Vec::new(),
             shutdown: CancellationToken::new(),
+            metrics,
         })
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+        self.metrics = EngineMetrics::new(metrics, self.engine.program());
+        self
+    }
+
+    /// Names the file and line of each rule, for the rules a request lists.
+    pub fn with_places(mut self, places: reload::Places) -> Worker {
+        self.places = places;
+        self
     }
 
     /// Lets the worker know when the pipeline shuts down: the outbox's size cap then no
@@ -777,6 +949,7 @@ impl Worker {
     /// acknowledge the batch's messages. A failed write is retried: acknowledging without it
     /// could lose the alerts.
     fn commit(&mut self) {
+        let started = std::time::Instant::now();
         if let Err(e) = self.engine.persist(&mut self.ops) {
             // Encoding state cannot fail for values the engine built; if it does, the alerts
             // and acknowledgements still go ahead, and the state is as after a crash.
@@ -806,6 +979,7 @@ impl Worker {
                 }
             }
             self.ops.clear();
+            self.metrics.checkpoint(started.elapsed());
             if !self.staged.is_empty() {
                 self.report.stored += self.staged.len() as u64;
                 tracing::debug!(
@@ -822,6 +996,9 @@ impl Worker {
             *v = self.last_seq;
             changed
         });
+        let engine = &self.engine;
+        self.metrics
+            .watermarks(|stream| engine.watermark(StreamId(stream)));
     }
 
     /// Handles one input.
@@ -829,15 +1006,210 @@ impl Worker {
         match input {
             Input::Message(m) => self.message(m),
             Input::Tick => self.tick(),
+            Input::Reload(swap) => {
+                let Swap { set, routes, reply } = *swap;
+                let outcome = self.swap(set, routes);
+                let _ = reply.send(outcome);
+            }
+            Input::Query(request) => self.answer(request),
         }
+    }
+
+    /// Replaces the running rules with `set`. Everything before is committed first, then
+    /// the new engine loads its state from the store as a restart would: a rule whose
+    /// fingerprint is unchanged keeps its partial matches, a changed or removed one loses
+    /// them (one log line each), a new one starts empty.
+    fn swap(&mut self, set: RuleSet, routes: Routes) -> ReloadOutcome {
+        let started = std::time::Instant::now();
+        self.commit();
+        let mut report = reload::compare(self.engine.program(), &set.program);
+        if self.engine.runs_same_as(&set.program) {
+            // Nothing the engine runs changed (a comment, a profile's topic, a rule's sinks):
+            // keep it, state and all, and swap what lives around it.
+            self.profiles = set.profiles;
+            self.routes = routes;
+            self.places = set.places;
+            report.keys = self.engine.stats().keys;
+            report.paused_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            return ReloadOutcome::Reloaded(report);
+        }
+        let store = Arc::clone(self.outbox.store());
+        // The old engine goes before the new one loads, so the two never take memory at
+        // once: everything it holds is in the store, committed above.
+        let empty = Arc::new(Program {
+            streams: Vec::new(),
+            aggregates: Vec::new(),
+            rules: Vec::new(),
+            imports: Vec::new(),
+        });
+        let old = match Engine::new(empty) {
+            Ok(e) => std::mem::replace(&mut self.engine, e),
+            Err(e) => {
+                return ReloadOutcome::Failed {
+                    error: format!("{e:#}"),
+                };
+            }
+        };
+        let old_program = Arc::clone(old.program());
+        self.events_before += old.stats().events;
+        drop(old);
+        let engine = match open_engine(Arc::clone(&set.program), &store) {
+            Ok(e) => e,
+            Err(e) => {
+                // Back to the rules that ran, from the same state.
+                match open_engine(old_program, &store) {
+                    Ok(back) => self.engine = back,
+                    Err(again) => tracing::error!(error = %format!("{again:#}"),
+                        "cannot load the running rules' state back: they start afresh"),
+                }
+                return ReloadOutcome::Failed {
+                    error: format!("{e:#}"),
+                };
+            }
+        };
+        // Idle tracking follows streams by name: their ids may differ in the new program.
+        let now = self.clock.now();
+        let idle = set
+            .program
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let last_arrival = old_program
+                    .stream_id(&s.name)
+                    .and_then(|old| self.idle.get(old.0 as usize))
+                    .map_or(now, |o| o.last_arrival);
+                IdleStream {
+                    idle: s.idle,
+                    lateness: s.lateness,
+                    max_time: engine.newest(StreamId(i as u32)),
+                    last_arrival,
+                }
+            })
+            .collect();
+        self.engine = engine;
+        self.metrics.for_program(self.engine.program());
+        self.idle = idle;
+        self.profiles = set.profiles;
+        self.routes = routes;
+        self.places = set.places;
+        self.alerts_by_rule.clear();
+        report.keys = self.engine.stats().keys;
+        report.paused_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ReloadOutcome::Reloaded(report)
+    }
+
+    /// Answers a question about the running rules.
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Rules { reply } => {
+                let _ = reply.send(self.rules());
+            }
+            Request::Key { rule, key, reply } => {
+                let _ = reply.send(self.key(&rule, &key));
+            }
+            Request::Reload { reply, .. } => {
+                // Reloads are loaded by the request server, which sends a `Swap`.
+                let _ = reply.send(ReloadOutcome::Failed {
+                    error: "a reload must go through the request server".into(),
+                });
+            }
+        }
+    }
+
+    fn rules(&self) -> Vec<RuleInfo> {
+        let program = self.engine.program();
+        program
+            .rules
+            .iter()
+            .map(|r| {
+                let keys = self.engine.keys_of(&r.name).unwrap_or_default();
+                let (file, line) = self.places.get(&r.name).cloned().unwrap_or_default();
+                RuleInfo {
+                    name: r.name.clone(),
+                    file,
+                    line,
+                    streams: r
+                        .streams
+                        .iter()
+                        .map(|s| program.stream(*s).name.clone())
+                        .collect(),
+                    sinks: self
+                        .routes
+                        .get(&r.name)
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
+                    keys: keys.iter().filter(|(_, s)| !s.runs.is_empty()).count() as u64,
+                    partial_matches: keys.iter().map(|(_, s)| s.runs.len() as u64).sum(),
+                    alerts: self
+                        .alerts_by_rule
+                        .get(r.name.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                    fingerprint: format!("{:016x}", r.fingerprint),
+                }
+            })
+            .collect()
+    }
+
+    fn key(&self, rule: &str, key: &str) -> Result<KeyInfo, KeyError> {
+        let program = self.engine.program();
+        let Some(r) = program.rule(rule) else {
+            return Err(KeyError::NoRule(rule.to_owned()));
+        };
+        let keys = self.engine.keys_of(rule).unwrap_or_default();
+        let found = keys
+            .iter()
+            .find(|(k, _)| delivery::key_text(&k.to_json(&r.key_names)) == key);
+        let Some((_, state)) = found else {
+            return Err(KeyError::NoKey {
+                rule: rule.to_owned(),
+                key: key.to_owned(),
+            });
+        };
+        let nfa = self.engine.nfa(rule);
+        let partial_matches = state
+            .runs
+            .iter()
+            .map(|run| {
+                let step = nfa.map(|n| n.state_name(run.state)).unwrap_or_default();
+                let events: Vec<serde_json::Value> = state
+                    .buffer
+                    .chain(run.tail)
+                    .into_iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "step": r.vars.get(e.var.0 as usize).map(|v| v.name.as_str()),
+                            "time": crate::engine::alert::rfc3339(e.event.time),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "id": run.id,
+                    "step": step,
+                    "started": crate::engine::alert::rfc3339(run.start_time),
+                    "last_event": crate::engine::alert::rfc3339(run.last_time),
+                    "events": events,
+                })
+            })
+            .collect();
+        Ok(KeyInfo {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            partial_matches,
+            pending_matches: state.pending.len(),
+            buffered_events: state.buffer.live(),
+        })
     }
 
     fn message(&mut self, m: Inbound) {
         let now = self.clock.now();
         self.report.messages += 1;
+        self.metrics.message();
         self.last_seq = m.seq;
         if !self.dedupe.first_time(&m.topic, &m.payload) {
             self.report.duplicates += 1;
+            self.metrics.duplicate();
             if let Some(n) = self.duplicates_log.record("duplicate", now) {
                 tracing::info!(topic = %m.topic, not_logged_since = n, "dropped a redelivered message (logged at most once a minute)");
             }
@@ -849,6 +1221,7 @@ impl Worker {
             return;
         };
         let profile = &self.profiles[index];
+        self.metrics.claimed(profile.stream_index());
         let event = match profile.decode_matched(&captures, &m.payload, m.retain) {
             Ok(e) => e,
             Err(e) => {
@@ -862,12 +1235,14 @@ impl Worker {
         let alerts = &mut self.alerts;
         match self.engine.push(event, &mut |a| alerts.push(a)) {
             Ok(()) => {
+                self.metrics.event(stream as u32);
                 if let Some(s) = self.idle.get_mut(stream) {
                     s.max_time = Some(s.max_time.map_or(time, |t| t.max(time)));
                     s.last_arrival = now;
                 }
             }
             Err(late) => {
+                self.metrics.late(stream as u32);
                 let name = Some(self.profiles[index].name.clone());
                 self.dead_letter(&m, now, deadletter::reason::LATE, late.to_string(), name);
             }
@@ -918,11 +1293,17 @@ impl Worker {
     fn dispatch(&mut self, now: Nanos) {
         for alert in self.alerts.drain(..) {
             self.report.alerts += 1;
-            if !self.routed.contains(&*alert.rule) {
+            self.metrics.alert(&alert.rule, alert.severity);
+            *self
+                .alerts_by_rule
+                .entry(Arc::clone(&alert.rule))
+                .or_default() += 1;
+            let Some(to) = self.routes.get(&*alert.rule) else {
                 self.report.undelivered += 1;
                 continue;
-            }
-            self.staged.push(OutAlert::new(&alert, now));
+            };
+            self.staged
+                .push((OutAlert::new(&alert, now), Arc::clone(to)));
         }
     }
 
@@ -944,6 +1325,7 @@ impl Worker {
             profile,
         };
         self.bad.report(&letter);
+        self.metrics.bad(reason);
         if self.dead.blocking_send(Letter::Message(letter)).is_err() {
             tracing::error!(reason, topic = %m.topic, "the dead-letter sink has stopped");
         }
@@ -953,11 +1335,44 @@ impl Worker {
     pub fn report(&self) -> WorkerReport {
         let stats = self.engine.stats();
         WorkerReport {
-            events: stats.events,
+            events: self.events_before + stats.events,
             bad: self.bad.counts().clone(),
             ..self.report.clone()
         }
     }
+}
+
+/// An engine for `program` with the state the store holds for it: partial matches,
+/// buffered events, watermarks. Records of rules and streams that changed or are gone are
+/// deleted, with a log line each.
+fn open_engine(program: Arc<Program>, store: &Store) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new(program).context("cannot compile the rules")?;
+    engine.track_changes();
+    let mut stale = Ops::default();
+    let restored = engine.restore(
+        store.scan(persist::KEYS)?,
+        store.scan(persist::GROUPS)?,
+        &mut stale,
+    );
+    if !stale.is_empty() {
+        let mut batch = store.batch();
+        batch.apply(&stale)?;
+        store.write(batch)?;
+    }
+    for (what, records) in &restored.dropped {
+        tracing::info!(rule = %what, records,
+            "state of a rule or stream that changed (or is gone) was dropped: it starts afresh");
+    }
+    if restored.keys + restored.buffered + restored.windows > 0 {
+        tracing::info!(
+            keys = restored.keys,
+            partial_matches = restored.runs,
+            buffered_events = restored.buffered,
+            windows = restored.windows,
+            "state restored"
+        );
+    }
+    Ok(engine)
 }
 
 /// Remembers the last `capacity` messages (topic and payload, hashed) to drop redeliveries:
@@ -1122,7 +1537,12 @@ rule low_battery {
         let clock = Arc::new(ManualClock::new(1_000 * 1_000_000_000));
         let (dead_tx, dead) = mpsc::channel(64);
         let (applied_tx, applied) = watch::channel(0);
-        let routed = program.rules.iter().map(|r| r.name.clone()).collect();
+        let to: Arc<[String]> = vec!["test".to_string()].into();
+        let routes = program
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), Arc::clone(&to)))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), false).unwrap());
         let outbox = Arc::new(Outbox::open(store, &["test".to_string()], 1000).unwrap());
@@ -1131,7 +1551,7 @@ rule low_battery {
             vec![profile],
             clock.clone(),
             100,
-            routed,
+            routes,
             Arc::clone(&outbox),
             dead_tx,
             applied_tx,
@@ -1164,8 +1584,9 @@ rule low_battery {
         fn alert_names(&mut self) -> Vec<String> {
             self.worker.commit();
             let mut out = Vec::new();
-            for (seq, a) in self.outbox.store().outbox_read(self.read, 1000).unwrap() {
-                self.read = seq + 1;
+            for e in self.outbox.store().outbox_read(self.read, 1000).unwrap() {
+                self.read = e.seq + 1;
+                let a = e.alert;
                 let key: serde_json::Value = a.parsed()["key"].clone();
                 out.push(format!("{} {key}", a.name));
             }

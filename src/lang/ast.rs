@@ -13,10 +13,43 @@ use super::span::{Span, Spanned};
 pub type Ident = Spanned<String>;
 
 /// A whole rule file.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct File {
     /// Top-level items in source order.
     pub items: Vec<Item>,
+    /// Comments and blank lines, for the printer (`tern fmt`). Not part of the file's
+    /// meaning: left out of serialisation, so rule fingerprints and AST snapshots ignore them.
+    #[serde(skip)]
+    pub trivia: Trivia,
+}
+
+/// What the parser skips but a formatter keeps: comments and blank lines. The printer
+/// attaches each comment to the item, clause, step or field next to it by position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Trivia {
+    /// Every comment, in source order.
+    pub comments: Vec<Comment>,
+    /// Byte offset of the start of every blank line outside comments, in order.
+    pub blank_lines: Vec<u32>,
+}
+
+/// A `//` or `/* */` comment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comment {
+    /// The comment as written, delimiters included (a line comment without its line break
+    /// or trailing spaces).
+    pub text: String,
+    /// Where it is.
+    pub span: Span,
+    /// True when only spaces precede it on its line; otherwise it trails code.
+    pub own_line: bool,
+}
+
+impl Comment {
+    /// True for `//` comments, which end their line.
+    pub fn is_line(&self) -> bool {
+        self.text.starts_with("//")
+    }
 }
 
 /// One top-level declaration.

@@ -1,7 +1,7 @@
 //! The registry of diagnostic codes. A code is never reused or renumbered: editors, CI
 //! filters and docs link to them. Ranges by stage: E1xx parse, E2xx names and types,
 //! E3xx pattern shape and boundedness, E40x device profiles, E41x the configuration file
-//! (tern.toml), W-codes are warnings.
+//! (tern.toml), E42x rule tests (`tern test`), W-codes are warnings.
 
 use serde::Serialize;
 
@@ -74,6 +74,8 @@ codes! {
     E220 = "E220", "unknown module";
     E221 = "E221", "invalid aggregate stream";
     E222 = "E222", "invalid argument";
+    E223 = "E223", "invalid user function script";
+    E224 = "E224", "unknown user function";
     // -- E3xx: pattern shape and boundedness ------------------------------------------------
     E300 = "E300", "unbounded pattern state";
     E301 = "E301", "negation cannot start a pattern";
@@ -99,6 +101,13 @@ codes! {
     E414 = "E414", "unknown sink type";
     E415 = "E415", "key does not apply to this sink type";
     E416 = "E416", "secret not available";
+    E417 = "E417", "admin endpoint beyond loopback without a token";
+    // -- E42x: rule tests (`*.test.toml`) ---------------------------------------------------
+    E420 = "E420", "invalid test file";
+    E421 = "E421", "unknown rule or stream in a test";
+    E422 = "E422", "invalid test event";
+    E423 = "E423", "invalid expectation";
+    E424 = "E424", "missing test input";
     // -- warnings ---------------------------------------------------------------------------
     W001 = "W001", "unused step";
     W002 = "W002", "condition is always true";

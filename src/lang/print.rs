@@ -3,34 +3,92 @@
 //! One clause per line, four spaces per level, each link of a pattern on its own line, `->`
 //! spelled `followed by`, durations in their largest units (`1h30m`), timestamps in UTC with
 //! the shortest fraction, and parentheses where the author wrote them plus where precedence
-//! needs them. Parsing the output gives back the same AST (spans aside). Comments are not in
-//! the AST, so they are not printed.
+//! needs them. A step too long for one line has its `where` and `until` on lines of their own,
+//! and a condition still too long is broken before each of its top-level `and`s (or `or`s).
+//! Items are separated by one blank line; inside a body, one blank line is kept where the
+//! author left one or more.
+//!
+//! Comments (from the file's trivia) are attached by position: a comment on a line of its own
+//! goes before the item, clause, pattern line, field or closing brace that follows it, at its
+//! indentation; a comment after code on the same line stays at the end of that line; a
+//! comment inside a single line's code (`a /* x */ + b`) moves to its own line before it.
+//! Parsing the output gives back the same AST (spans aside) and the same comments in the same
+//! order, and printing it again gives the same text.
 
 use chrono::{DateTime, Datelike, Timelike};
 
 use super::ast::{
-    AggregateDecl, Atom, Clause, ClauseKind, Contiguity, Element, Emit, EmitField, Expr, ExprKind,
-    File, Group, Import, Item, Link, Literal, NegatedStep, Pattern, Quantifier, QuantifierForm,
-    Rule, SkipStrategy, Step, StreamDecl, UnaryOp, Window,
+    AggregateDecl, Atom, BinaryOp, Clause, ClauseKind, Contiguity, Element, Emit, EmitField, Expr,
+    ExprKind, File, Group, Import, Item, Link, Literal, NegatedStep, Pattern, Quantifier,
+    QuantifierForm, Rule, SkipStrategy, Step, StreamDecl, Trivia, UnaryOp, Window,
 };
+use super::span::Span;
 
 const INDENT: &str = "    ";
 
-/// The canonical text of a whole file: items separated by a blank line.
+/// Lines longer than this are broken where the layout allows.
+const WIDTH: usize = 100;
+
+/// The canonical text of a whole file, with its comments.
 pub fn print(file: &File) -> String {
-    let mut out = String::new();
+    let mut w = Writer::new(&file.trivia);
     for (n, item) in file.items.iter().enumerate() {
-        if n > 0 {
-            out.push('\n');
-        }
+        w.want_blank = n > 0;
         match item {
-            Item::Import(x) => import(&mut out, x),
-            Item::Stream(x) => stream(&mut out, x),
-            Item::Aggregate(x) => aggregate(&mut out, x),
-            Item::Rule(x) => rule(&mut out, x),
+            Item::Import(x) => import(&mut w, x),
+            Item::Stream(x) => stream(&mut w, x),
+            Item::Aggregate(x) => aggregate(&mut w, x),
+            Item::Rule(x) => rule(&mut w, x),
         }
     }
-    out
+    w.finish()
+}
+
+/// Parses a rule file and prints it canonically: what `tern fmt` writes. A file with parse
+/// errors is not formatted: the errors come back instead. As a safety net the result is
+/// parsed again and must give the same AST (spans aside) and the same comments; if it does
+/// not, that is a bug in tern, reported as an error rather than written.
+pub fn format_source(file: super::FileId, src: &str) -> Result<String, Vec<super::Diagnostic>> {
+    let (ast, diags) = super::parse(file, src);
+    if diags.iter().any(super::Diagnostic::is_error) {
+        return Err(diags);
+    }
+    let text = print(&ast);
+    let (again, again_diags) = super::parse(file, &text);
+    let comments =
+        |f: &File| -> Vec<String> { f.trivia.comments.iter().map(|c| c.text.clone()).collect() };
+    if !again_diags.is_empty() || shape(&ast) != shape(&again) || comments(&ast) != comments(&again)
+    {
+        let end = src.len().min(1);
+        return Err(vec![
+            super::Diagnostic::error(
+                super::codes::Code::E101,
+                "tern fmt would change this file's meaning; it is left as it is",
+                file,
+                Span::new(0, end),
+                "formatting this file failed",
+            )
+            .with_note("this is a bug in tern: please report it with the file"),
+        ]);
+    }
+    Ok(text)
+}
+
+/// A file's AST as JSON without spans: equal for files that mean the same.
+pub fn shape(file: &File) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("span");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(file).unwrap_or_default();
+    strip(&mut v);
+    v
 }
 
 /// An expression on one line, with the parentheses precedence needs.
@@ -45,6 +103,154 @@ pub fn print_pattern(p: &Pattern) -> String {
     let mut out = String::new();
     pattern(&mut out, p);
     out
+}
+
+/// Builds the output line by line, placing comments between the lines of code.
+struct Writer<'t> {
+    out: String,
+    trivia: &'t Trivia,
+    /// The next comment not yet written.
+    next: usize,
+    /// End of the last code or comment written, in the source.
+    last_end: usize,
+    /// The last line written is code (or a trailing block comment) that a comment on the
+    /// same source line may follow.
+    can_trail: bool,
+    /// Nothing written yet in the current body: no blank line before its first line.
+    body_start: bool,
+    /// The next line must be preceded by a blank line (between items).
+    want_blank: bool,
+}
+
+impl<'t> Writer<'t> {
+    fn new(trivia: &'t Trivia) -> Writer<'t> {
+        Writer {
+            out: String::new(),
+            trivia,
+            next: 0,
+            last_end: 0,
+            can_trail: false,
+            body_start: true,
+            want_blank: false,
+        }
+    }
+
+    /// True when the source has a blank line between the two offsets.
+    fn blank_between(&self, from: usize, to: usize) -> bool {
+        let lines = &self.trivia.blank_lines;
+        let i = lines.partition_point(|&b| (b as usize) < from);
+        lines.get(i).is_some_and(|&b| (b as usize) < to)
+    }
+
+    /// Starts a new output line at `level`, after a blank line when one is due.
+    fn new_line(&mut self, level: usize, blank: bool) {
+        if !self.out.is_empty() {
+            if (blank && !self.body_start) || self.want_blank {
+                self.out.push('\n');
+            }
+            self.out.push('\n');
+        }
+        self.want_blank = false;
+        self.body_start = false;
+        self.out.push_str(&INDENT.repeat(level));
+    }
+
+    /// Writes the comments that start before `until`: trailing the last line when they
+    /// follow code on its source line (and `trail` allows), otherwise on lines of their own.
+    fn comments(&mut self, until: usize, level: usize, trail: bool) {
+        while let Some(c) = self.trivia.comments.get(self.next) {
+            if c.span.start as usize >= until {
+                break;
+            }
+            self.next += 1;
+            let start = c.span.start as usize;
+            if trail && !c.own_line && self.can_trail && start >= self.last_end {
+                self.out.push(' ');
+                self.out.push_str(&c.text);
+                self.can_trail = !c.is_line();
+            } else {
+                let blank = self.blank_between(self.last_end, start);
+                self.new_line(level, blank);
+                self.out.push_str(&c.text);
+                self.can_trail = !c.is_line();
+            }
+            self.last_end = self.last_end.max(c.span.end as usize);
+        }
+    }
+
+    /// Writes one unit of code (an item, clause, pattern line, field or member) at `level`:
+    /// the comments before it, then `text`, whose own line breaks are already indented.
+    /// Comments inside `span` go on lines before it.
+    fn unit(&mut self, level: usize, span: Span, text: &str) {
+        self.comments(span.start as usize, level, true);
+        self.comments(span.end as usize, level, false);
+        let start = span.start as usize;
+        let blank = start >= self.last_end && self.blank_between(self.last_end, start);
+        self.new_line(level, blank);
+        self.out.push_str(text);
+        self.last_end = self.last_end.max(span.end as usize);
+        self.can_trail = true;
+    }
+
+    /// Writes the head of a braced body (`rule name {`) as a unit; the body's lines follow.
+    fn open(&mut self, level: usize, span: Span, text: &str) {
+        self.unit(level, span, text);
+        self.out.push_str(" {");
+        self.body_start = true;
+    }
+
+    /// Closes a body opened at `level` whose `}` is at `at` in the source: comments still
+    /// inside it go at the body's indentation, then the brace. An empty body closes on the
+    /// head's line: `{}`.
+    fn close(&mut self, level: usize, at: usize) {
+        self.comments(at, level + 1, true);
+        if self.body_start && self.can_trail {
+            if !self.out.ends_with('{') {
+                self.out.push(' ');
+            }
+            self.out.push('}');
+        } else {
+            self.body_start = false;
+            self.new_line(level, false);
+            self.out.push('}');
+        }
+        self.body_start = false;
+        self.last_end = self.last_end.max(at + 1);
+        self.can_trail = true;
+    }
+
+    /// Writes the comments that follow the last line's code on its source line, wherever
+    /// they are: for a body whose closing brace's position is not known.
+    fn trailing(&mut self) {
+        while let Some(c) = self.trivia.comments.get(self.next) {
+            if c.own_line || !self.can_trail || (c.span.start as usize) < self.last_end {
+                break;
+            }
+            self.comments(c.span.end as usize, 0, true);
+        }
+    }
+
+    /// The text, with the comments after the last item, ending in one line break.
+    fn finish(mut self) -> String {
+        self.comments(usize::MAX, 0, true);
+        if !self.out.is_empty() {
+            self.out.push('\n');
+        }
+        self.out
+    }
+}
+
+/// The span from the start of `a` to the end of `b`.
+fn from_to(a: Span, b: Span) -> Span {
+    Span {
+        start: a.start,
+        end: b.end.max(a.start),
+    }
+}
+
+/// Where a body's closing brace is: the last byte of the item's span.
+fn brace_of(span: Span) -> usize {
+    (span.end as usize).saturating_sub(1)
 }
 
 /// A duration in milliseconds with the largest units first: `1h30m`, `500ms`, `0s`.
@@ -139,46 +345,64 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-fn import(out: &mut String, x: &Import) {
-    out.push_str("import ");
-    out.push_str(&quote(&x.path.node));
+fn import(w: &mut Writer<'_>, x: &Import) {
+    let mut text = format!("import {}", quote(&x.path.node));
     if let Some(alias) = &x.alias {
-        out.push_str(" as ");
-        out.push_str(&alias.node);
+        text.push_str(" as ");
+        text.push_str(&alias.node);
     }
-    out.push('\n');
+    w.unit(0, x.span, &text);
 }
 
-fn stream(out: &mut String, x: &StreamDecl) {
-    out.push_str(&format!("stream {} {{", x.name.node));
-    let mut lines = Vec::new();
+fn stream(w: &mut Writer<'_>, x: &StreamDecl) {
+    w.open(
+        0,
+        from_to(x.span, x.name.span),
+        &format!("stream {}", x.name.node),
+    );
     for f in &x.fields {
         let q = if f.nullable { "?" } else { "" };
-        lines.push(format!("{}: {}{q}", f.name.node, f.ty.node.as_str()));
+        w.unit(
+            1,
+            f.span,
+            &format!("{}: {}{q}", f.name.node, f.ty.node.as_str()),
+        );
     }
     if let Some(t) = &x.time {
-        lines.push(format!("time {}", t.node));
+        w.unit(1, t.span, &format!("time {}", t.node));
     }
     if let Some(d) = &x.lateness {
-        lines.push(format!("lateness {}", format_duration(d.node.millis)));
+        w.unit(
+            1,
+            d.span,
+            &format!("lateness {}", format_duration(d.node.millis)),
+        );
     }
     if let Some(d) = &x.idle {
-        lines.push(format!("idle {}", format_duration(d.node.millis)));
+        w.unit(
+            1,
+            d.span,
+            &format!("idle {}", format_duration(d.node.millis)),
+        );
     }
-    body(out, &lines);
+    w.close(0, brace_of(x.span));
 }
 
-fn aggregate(out: &mut String, x: &AggregateDecl) {
-    out.push_str(&format!(
-        "aggregate {} from {} {{",
-        x.name.node, x.source.node
-    ));
-    let mut lines = Vec::new();
-    if !x.key.is_empty() {
-        lines.push(format!("key {}", names(&x.key)));
+fn aggregate(w: &mut Writer<'_>, x: &AggregateDecl) {
+    w.open(
+        0,
+        from_to(x.span, x.source.span),
+        &format!("aggregate {} from {}", x.name.node, x.source.node),
+    );
+    if let (Some(first), Some(last)) = (x.key.first(), x.key.last()) {
+        w.unit(
+            1,
+            from_to(first.span, last.span),
+            &format!("key {}", names(&x.key)),
+        );
     }
-    if let Some(w) = &x.window {
-        lines.push(match &w.node {
+    if let Some(win) = &x.window {
+        let text = match &win.node {
             Window::Tumbling(size) => {
                 format!("window tumbling {}", format_duration(size.node.millis))
             }
@@ -187,33 +411,37 @@ fn aggregate(out: &mut String, x: &AggregateDecl) {
                 format_duration(size.node.millis),
                 format_duration(every.node.millis)
             ),
-        });
+        };
+        w.unit(1, win.span, &text);
     }
-    if !x.select.is_empty() {
-        lines.push(format!("select {}", fields(&x.select, 1)));
+    if let Some(first) = x.select.first() {
+        let at = Span {
+            start: first.name.span.start,
+            end: first.name.span.start,
+        };
+        w.open(1, at, "select");
+        for f in &x.select {
+            field(w, 2, f);
+        }
+        // The AST has no span for the select's braces: its closing one is taken to be
+        // right after the last field, with the comments on that field's line.
+        let end = x.select.last().map_or(at.end, |f| f.value.span.end) as usize;
+        w.trailing();
+        w.close(1, end.max(w.last_end));
     }
-    body(out, &lines);
+    w.close(0, brace_of(x.span));
 }
 
-fn rule(out: &mut String, x: &Rule) {
-    out.push_str(&format!("rule {} {{", x.name.node));
-    let lines: Vec<String> = x.clauses.iter().map(clause).collect();
-    body(out, &lines);
-}
-
-/// The lines of a braced body, indented one level, then the closing brace.
-fn body(out: &mut String, lines: &[String]) {
-    if lines.is_empty() {
-        out.push_str("}\n");
-        return;
+fn rule(w: &mut Writer<'_>, x: &Rule) {
+    w.open(
+        0,
+        from_to(x.span, x.name.span),
+        &format!("rule {}", x.name.node),
+    );
+    for c in &x.clauses {
+        clause(w, c);
     }
-    out.push('\n');
-    for line in lines {
-        out.push_str(INDENT);
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("}\n");
+    w.close(0, brace_of(x.span));
 }
 
 fn names(list: &[super::ast::Ident]) -> String {
@@ -223,13 +451,13 @@ fn names(list: &[super::ast::Ident]) -> String {
         .join(", ")
 }
 
-/// One clause; a pattern continues on further lines, indented below `match`.
-fn clause(c: &Clause) -> String {
-    match &c.kind {
+/// One clause at level 1; a pattern and an emit block continue on further lines.
+fn clause(w: &mut Writer<'_>, c: &Clause) {
+    let text = match &c.kind {
         ClauseKind::From(n) => format!("from {}", names(n)),
         ClauseKind::Key(n) => format!("key {}", names(n)),
         ClauseKind::To(n) => format!("to {}", names(n)),
-        ClauseKind::Match(p) => match_clause(p),
+        ClauseKind::Match(p) => return match_clause(w, c.span, p),
         ClauseKind::Within(d) => format!("within {}", format_duration(d.node.millis)),
         ClauseKind::Skip(s) => format!(
             "skip {}",
@@ -241,94 +469,120 @@ fn clause(c: &Clause) -> String {
                 SkipStrategy::ToLast(step) => format!("to last {}", step.node),
             }
         ),
-        ClauseKind::Emit(e) => format!("emit{}", emit(e)),
-        ClauseKind::OnTimeout(e) => format!("on timeout emit{}", emit(e)),
-    }
+        ClauseKind::Emit(e) => return emit(w, c.span, "emit", e),
+        ClauseKind::OnTimeout(e) => return emit(w, c.span, "on timeout emit", e),
+    };
+    w.unit(1, c.span, &text);
 }
 
-/// What follows `emit`: name, severity and fields.
-fn emit(e: &Emit) -> String {
-    let mut out = String::new();
+/// `emit name severity s {`, a field per line, `}`.
+fn emit(w: &mut Writer<'_>, span: Span, keyword: &str, e: &Emit) {
+    let mut head = keyword.to_string();
+    let mut head_end = span.start as usize + keyword.len().min(span.len());
     if let Some(n) = &e.name {
-        out.push(' ');
-        out.push_str(&n.node);
+        head.push(' ');
+        head.push_str(&n.node);
+        head_end = n.span.end as usize;
     }
     if let Some(s) = &e.severity {
-        out.push_str(" severity ");
-        out.push_str(&s.node);
+        head.push_str(" severity ");
+        head.push_str(&s.node);
+        head_end = s.span.end as usize;
     }
-    out.push(' ');
-    out.push_str(&fields(&e.fields, 1));
-    out
+    w.open(1, Span::new(span.start as usize, head_end), &head);
+    for f in &e.fields {
+        field(w, 2, f);
+    }
+    w.close(1, brace_of(span));
 }
 
-/// A braced field list, one field per line at `level` + 1, each with a trailing comma.
-fn fields(list: &[EmitField], level: usize) -> String {
-    if list.is_empty() {
-        return "{}".to_string();
-    }
-    let inner = INDENT.repeat(level + 1);
-    let mut out = String::from("{\n");
-    for f in list {
-        out.push_str(&inner);
-        out.push_str(&f.name.node);
-        out.push_str(": ");
-        expr(&mut out, &f.value, true);
-        out.push_str(",\n");
-    }
-    out.push_str(&INDENT.repeat(level));
-    out.push('}');
-    out
+/// `name: value,` in an emit or select block.
+fn field(w: &mut Writer<'_>, level: usize, f: &EmitField) {
+    let mut text = format!("{}: ", f.name.node);
+    expr(&mut text, &f.value, true);
+    text.push(',');
+    w.unit(level, from_to(f.name.span, f.value.span), &text);
 }
 
-/// Lines longer than this are broken where the layout allows.
-const WIDTH: usize = 100;
-
-/// `match` and its pattern: each link on its own line, indented below `match`; a step whose
-/// line would be too long has its `where` and `until` on lines of their own below it.
-fn match_clause(p: &Pattern) -> String {
-    let link_indent = INDENT.repeat(2);
-    let cond_indent = INDENT.repeat(3);
-    let mut out = String::from("match ");
-    let line = |out: &mut String, prefix_len: usize, e: &Element| {
-        let mut text = String::new();
-        element(&mut text, e);
-        let lone_step = match e.alternatives.as_slice() {
-            [Atom::Step(s)] if s.condition.is_some() || s.until.is_some() => Some(s),
-            _ => None,
-        };
-        match lone_step {
-            Some(s) if prefix_len + text.len() > WIDTH => {
-                out.push_str(&s.name.node);
-                out.push_str(": ");
-                out.push_str(&s.stream.node);
-                if let Some(q) = &s.quantifier {
-                    quantifier(out, q);
-                }
-                for (kw, cond) in [("where", &s.condition), ("until", &s.until)] {
-                    if let Some(c) = cond {
-                        out.push('\n');
-                        out.push_str(&cond_indent);
-                        out.push_str(kw);
-                        out.push(' ');
-                        expr(out, c, true);
-                    }
-                }
-            }
-            _ => out.push_str(&text),
-        }
-    };
-    line(&mut out, INDENT.len() + "match ".len(), &p.first);
+/// `match` and its pattern: each link on its own line, indented below `match`.
+fn match_clause(w: &mut Writer<'_>, span: Span, p: &Pattern) {
+    let text = format!("match {}", element_line(INDENT.len() + 6, &p.first));
+    w.unit(1, from_to(span, p.first.span), &text);
     for (l, e) in &p.rest {
-        out.push('\n');
-        out.push_str(&link_indent);
         let mut head = String::new();
         link(&mut head, l);
         head.push(' ');
-        out.push_str(&head);
-        line(&mut out, link_indent.len() + head.len(), e);
+        let text = format!("{head}{}", element_line(2 * INDENT.len() + head.len(), e));
+        w.unit(2, from_to(l.span, e.span), &text);
+    }
+}
+
+/// An element of a `match` clause after `prefix_len` columns: on one line when it fits; a
+/// lone step that does not has its `where` and `until` on lines of their own below it, each
+/// broken before its top-level `and`s or `or`s when still too long.
+fn element_line(prefix_len: usize, e: &Element) -> String {
+    let mut text = String::new();
+    element(&mut text, e);
+    let lone_step = match e.alternatives.as_slice() {
+        [Atom::Step(s)] if s.condition.is_some() || s.until.is_some() => Some(s),
+        _ => None,
+    };
+    let Some(s) = lone_step.filter(|_| prefix_len + text.len() > WIDTH) else {
+        return text;
+    };
+    let cond_indent = INDENT.repeat(3);
+    let mut out = format!("{}: {}", s.name.node, s.stream.node);
+    if let Some(q) = &s.quantifier {
+        quantifier(&mut out, q);
+    }
+    for (kw, cond) in [("where", &s.condition), ("until", &s.until)] {
+        if let Some(c) = cond {
+            out.push('\n');
+            out.push_str(&cond_indent);
+            out.push_str(kw);
+            out.push(' ');
+            wrapped(&mut out, c, cond_indent.len() + kw.len() + 1, 4);
+        }
     }
     out
+}
+
+/// An expression starting at column `col`; too long for the line, and an `and` (or `or`)
+/// chain at the top, it is broken before each link of the chain, `indent` columns deeper.
+fn wrapped(out: &mut String, e: &Expr, col: usize, level: usize) {
+    let one = print_expr(e);
+    let op = match &e.kind {
+        ExprKind::Binary { op, .. } if matches!(op, BinaryOp::And | BinaryOp::Or) => *op,
+        _ => {
+            out.push_str(&one);
+            return;
+        }
+    };
+    if col + one.len() <= WIDTH {
+        out.push_str(&one);
+        return;
+    }
+    // `a and b and c` is `(a and b) and c`: the chain runs down the left operands.
+    let mut rights = Vec::new();
+    let mut cur = e;
+    while let ExprKind::Binary { op: o, lhs, rhs } = &cur.kind {
+        if *o != op {
+            break;
+        }
+        rights.push(rhs.as_ref());
+        cur = lhs;
+    }
+    let p = op.precedence();
+    let indent = INDENT.repeat(level);
+    operand(out, cur, p, false);
+    let n = rights.len();
+    for (i, r) in rights.into_iter().rev().enumerate() {
+        out.push('\n');
+        out.push_str(&indent);
+        out.push_str(op.as_str());
+        out.push(' ');
+        operand(out, r, p + 1, i + 1 == n);
+    }
 }
 
 /// A pattern on one line.

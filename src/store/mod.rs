@@ -19,6 +19,7 @@
 //! input is acknowledged.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use rocksdb::{
@@ -30,8 +31,21 @@ use crate::delivery::OutAlert;
 /// Format of the state directory as a whole; bumped when a family changes incompatibly.
 pub const FORMAT: u32 = 1;
 
-/// Format byte in front of every encoded value.
-const VALUE_VERSION: u8 = 1;
+/// Format byte in front of every encoded value. Format 2 added the target sinks to outbox
+/// entries; every other value reads the same in both.
+const VALUE_VERSION: u8 = 2;
+
+/// An alert read back from the outbox.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its place in the outbox.
+    pub seq: u64,
+    /// The alert.
+    pub alert: OutAlert,
+    /// The sinks its rule sent it to when it fired; `None` for entries from a format-1
+    /// directory, which are routed by the rules running now.
+    pub sinks: Option<Arc<[String]>>,
+}
 
 /// Column family names.
 pub mod cf {
@@ -67,6 +81,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Per-family tuning. The engine's families churn: a key's record is rewritten while it holds
+/// a partial match and deleted when the match completes or expires, so most of what reaches
+/// the disk is soon a tombstone. Files dense in tombstones are compacted early, which keeps the
+/// directory near the size of the live state instead of its history.
+fn family_options(name: &str) -> Options {
+    let mut o = Options::default();
+    o.set_level_compaction_dynamic_level_bytes(true);
+    match name {
+        // A queue: written once, read once in order, deleted in ranges.
+        cf::OUTBOX => o.set_write_buffer_size(16 << 20),
+        cf::KEYS | cf::GROUPS | cf::DEDUPE => {
+            o.set_write_buffer_size(32 << 20);
+            // A file is marked for compaction when 1/4 of any 4096 consecutive entries are
+            // deletions.
+            o.add_compact_on_deletion_collector_factory(4096, 1024, 0.25);
+            // Records of keys that went quiet are rewritten at least weekly, so files of
+            // deleted keys do not linger at the bottom level.
+            o.set_periodic_compaction_seconds(7 * 24 * 3600);
+        }
+        _ => {}
+    }
+    o
+}
+
 impl Store {
     /// Opens (creating if needed) the state directory `dir`. `sync` makes every engine write
     /// wait for the disk (fsync), which survives power loss; without it a write survives a
@@ -81,14 +119,13 @@ impl Store {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(3);
-        let families = cf::ALL.iter().map(|name| {
-            let mut o = Options::default();
-            // The outbox is a queue: written once, read once in order, deleted in ranges.
-            if *name == cf::OUTBOX {
-                o.set_write_buffer_size(16 << 20);
-            }
-            ColumnFamilyDescriptor::new(*name, o)
-        });
+        // Rarely written families (cursors, meta) would otherwise pin every write-ahead log
+        // file since their last flush: past this size the oldest memtables are flushed and
+        // the logs they pinned deleted.
+        opts.set_max_total_wal_size(64 << 20);
+        let families = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name)));
         let db = DB::open_cf_descriptors(&opts, dir, families).with_context(|| {
             format!(
                 "cannot open the state directory {} (is another tern using it?)",
@@ -176,7 +213,7 @@ impl Store {
     }
 
     /// Up to `limit` alerts from sequence number `from` on, in order.
-    pub fn outbox_read(&self, from: u64, limit: usize) -> anyhow::Result<Vec<(u64, OutAlert)>> {
+    pub fn outbox_read(&self, from: u64, limit: usize) -> anyhow::Result<Vec<Entry>> {
         let cf = self.family(cf::OUTBOX)?;
         let start = from.to_be_bytes();
         let mut out = Vec::new();
@@ -191,10 +228,8 @@ impl Store {
                     .try_into()
                     .map_err(|_| anyhow::anyhow!("a corrupt outbox key"))?,
             );
-            out.push((
-                seq,
-                decode(&v).with_context(|| format!("outbox entry {seq}"))?,
-            ));
+            let (alert, sinks) = decode_entry(&v).with_context(|| format!("outbox entry {seq}"))?;
+            out.push(Entry { seq, alert, sinks });
         }
         Ok(out)
     }
@@ -331,9 +366,15 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Appends `alert` to the outbox as number `seq`, and records `seq + 1` as the next.
-    pub fn put_alert(&mut self, seq: u64, alert: &OutAlert) -> anyhow::Result<()> {
+    pub fn put_alert(
+        &mut self,
+        seq: u64,
+        alert: &OutAlert,
+        sinks: &[String],
+    ) -> anyhow::Result<()> {
         let outbox = self.store.family(cf::OUTBOX)?;
-        self.batch.put_cf(outbox, seq.to_be_bytes(), encode(alert)?);
+        self.batch
+            .put_cf(outbox, seq.to_be_bytes(), encode(&(alert, sinks))?);
         let meta = self.store.family(cf::META)?;
         self.batch
             .put_cf(meta, OUTBOX_NEXT_KEY, (seq + 1).to_be_bytes());
@@ -373,9 +414,28 @@ pub fn encode<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
 /// Reads what [`encode`] wrote.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => postcard::from_bytes(rest).context("corrupt state value"),
-        Some((v, _)) => bail!("state value of format {v}; this build reads format {VALUE_VERSION}"),
+        Some((1..=VALUE_VERSION, rest)) => {
+            postcard::from_bytes(rest).context("corrupt state value")
+        }
+        Some((v, _)) => {
+            bail!("state value of format {v}; this build reads up to format {VALUE_VERSION}")
+        }
         None => bail!("an empty state value"),
+    }
+}
+
+/// Reads an outbox entry: format 1 held the alert alone.
+fn decode_entry(bytes: &[u8]) -> anyhow::Result<(OutAlert, Option<Arc<[String]>>)> {
+    match bytes.split_first() {
+        Some((1, rest)) => Ok((
+            postcard::from_bytes(rest).context("corrupt outbox entry")?,
+            None,
+        )),
+        Some((_, _)) => {
+            let (alert, sinks): (OutAlert, Vec<String>) = decode(bytes)?;
+            Ok((alert, Some(sinks.into())))
+        }
+        None => bail!("an empty outbox entry"),
     }
 }
 
@@ -409,7 +469,8 @@ mod tests {
             assert_eq!(s.outbox_next().unwrap(), 0);
             let mut b = s.batch();
             for i in 0..5 {
-                b.put_alert(i, &alert(&format!("a{i}"))).unwrap();
+                b.put_alert(i, &alert(&format!("a{i}")), &["web".to_string()])
+                    .unwrap();
             }
             s.write(b).unwrap();
             s.set_cursor("web", 2).unwrap();
@@ -420,12 +481,13 @@ mod tests {
         let read = s.outbox_read(2, 2).unwrap();
         assert_eq!(
             read.iter()
-                .map(|(q, a)| (*q, a.id.as_str()))
+                .map(|e| (e.seq, e.alert.id.as_str()))
                 .collect::<Vec<_>>(),
             [(2, "a2"), (3, "a3")]
         );
+        assert_eq!(read[0].sinks.as_deref(), Some(&["web".to_string()][..]));
         s.outbox_trim(3).unwrap();
-        assert_eq!(s.outbox_read(0, 10).unwrap()[0].0, 3);
+        assert_eq!(s.outbox_read(0, 10).unwrap()[0].seq, 3);
         assert_eq!(s.outbox_len(0).unwrap(), 2);
     }
 
@@ -444,6 +506,20 @@ mod tests {
         future[0] = 9;
         assert!(decode::<OutAlert>(&future).is_err());
         assert!(decode::<OutAlert>(&[]).is_err());
+    }
+
+    #[test]
+    fn format_1_outbox_entries_still_read() {
+        // What the first format wrote: the alert alone, behind a 1.
+        let mut v1 = vec![1u8];
+        v1.extend(postcard::to_allocvec(&alert("old")).unwrap());
+        let (a, sinks) = decode_entry(&v1).unwrap();
+        assert_eq!(a, alert("old"));
+        assert!(sinks.is_none());
+        let v2 = encode(&(&alert("new"), &["s".to_string()][..])).unwrap();
+        let (a, sinks) = decode_entry(&v2).unwrap();
+        assert_eq!(a.id, "new");
+        assert_eq!(sinks.as_deref(), Some(&["s".to_string()][..]));
     }
 
     #[test]

@@ -216,6 +216,23 @@ impl Tern {
         self.stderr.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
+    /// How many stderr lines contain `text`.
+    #[allow(dead_code)]
+    pub fn count_logged(&self, text: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// The process id (to send it signals).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Waits until a stderr line contains `text`.
     pub fn wait_for_log(&mut self, text: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

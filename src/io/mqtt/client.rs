@@ -251,6 +251,17 @@ impl Client {
         }
     }
 
+    /// Queues one UNSUBSCRIBE per filter.
+    pub fn try_unsubscribe(&self, filters: &[String]) -> Result<(), Full> {
+        for f in filters {
+            match self {
+                Client::V4(c) => c.try_unsubscribe(f.clone()).map_err(|_| Full)?,
+                Client::V5(c) => c.try_unsubscribe(f.clone()).map_err(|_| Full)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a publish, waiting up to `wait` for room in the request channel.
     pub async fn publish(
         &self,

@@ -99,6 +99,7 @@ pub struct MqttSource {
     queue: usize,
     drain_timeout: Duration,
     status: watch::Sender<SourceStatus>,
+    filter_updates: Option<watch::Receiver<Vec<String>>>,
 }
 
 impl MqttSource {
@@ -124,6 +125,7 @@ impl MqttSource {
             queue,
             drain_timeout: Duration::from_secs(30),
             status: watch::Sender::new(SourceStatus::default()),
+            filter_updates: None,
         })
     }
 
@@ -138,10 +140,17 @@ impl MqttSource {
         self
     }
 
+    /// Follows `updates` for the filters to subscribe to (a rule reload may read other
+    /// profiles): new filters are subscribed, dropped ones unsubscribed.
+    pub fn with_filter_updates(mut self, updates: watch::Receiver<Vec<String>>) -> MqttSource {
+        self.filter_updates = Some(updates);
+        self
+    }
+
     /// Runs until `shutdown`, then drains: see the module documentation. `applied` carries
     /// the highest sequence number the engine has applied.
     pub async fn run<T: From<Inbound> + Send>(
-        self,
+        mut self,
         out: mpsc::Sender<T>,
         mut applied: watch::Receiver<u64>,
         shutdown: CancellationToken,
@@ -164,8 +173,17 @@ impl MqttSource {
         let (polled_tx, mut polled) = mpsc::channel(1);
         let backoff = Backoff::new(self.broker.reconnect_min, self.broker.reconnect_max);
         let poller = tokio::spawn(poll_loop(events, backoff, polled_tx));
+        let updates = self.filter_updates.take();
         let result = self
-            .drive(&client, &mut polled, &out, &mut applied, &shutdown, &target)
+            .drive(
+                &client,
+                &mut polled,
+                &out,
+                &mut applied,
+                updates,
+                &shutdown,
+                &target,
+            )
             .await;
         poller.abort();
         self.status.send_modify(|s| {
@@ -177,16 +195,19 @@ impl MqttSource {
 
     /// The source's loop: one `select!` over shutdown, the engine's progress and the
     /// connection's events.
+    #[allow(clippy::too_many_arguments)]
     async fn drive<T: From<Inbound> + Send>(
         &self,
         client: &Client,
         polled: &mut mpsc::Receiver<Result<Polled, (String, Duration)>>,
         out: &mpsc::Sender<T>,
         applied: &mut watch::Receiver<u64>,
+        mut updates: Option<watch::Receiver<Vec<String>>>,
         shutdown: &CancellationToken,
         target: &str,
     ) -> anyhow::Result<SourceReport> {
         let mut report = SourceReport::default();
+        let mut filters = self.filters.clone();
         let mut owed: VecDeque<Owed> = VecDeque::new();
         let mut seq = 0u64;
         let mut done = 0u64;
@@ -218,6 +239,22 @@ impl MqttSource {
                     tracing::warn!(unapplied = seq - done, "MQTT source: drain timed out; the broker will redeliver what was not acknowledged");
                     break;
                 }
+                Some(new) = next_filters(&mut updates) => {
+                    let added: Vec<String> = new.iter().filter(|f| !filters.contains(f)).cloned().collect();
+                    let removed: Vec<String> = filters.iter().filter(|f| !new.contains(f)).cloned().collect();
+                    filters = new;
+                    if self.status.borrow().connected {
+                        // Without a connection, the next CONNACK subscribes to `filters`
+                        // if the session is gone; a kept session keeps its old ones, which
+                        // the dead-letter sink then reports as unclaimed topics.
+                        if (!added.is_empty() && client.try_subscribe(&added, self.qos).is_err())
+                            || (!removed.is_empty() && client.try_unsubscribe(&removed).is_err())
+                        {
+                            anyhow::bail!("cannot queue the subscription changes");
+                        }
+                    }
+                    tracing::info!(?added, ?removed, "subscriptions follow the reloaded rules");
+                }
                 changed = applied.changed(), if !engine_gone => match changed {
                     Ok(()) => done = *applied.borrow_and_update(),
                     Err(_) => {
@@ -238,8 +275,8 @@ impl MqttSource {
                             tracing::warn!(broker = %target, "the broker lost tern's session: subscribing again (messages published meanwhile are gone unless retained)");
                         }
                         let subscribe = first_connect || !session_present;
-                        if subscribe && !self.filters.is_empty() {
-                            if client.try_subscribe(&self.filters, self.qos).is_err() {
+                        if subscribe && !filters.is_empty() {
+                            if client.try_subscribe(&filters, self.qos).is_err() {
                                 anyhow::bail!("cannot queue the subscriptions");
                             }
                         } else {
@@ -253,7 +290,7 @@ impl MqttSource {
                         if refused > 0 {
                             tracing::error!(refused, "the broker refused subscriptions (check its ACLs): their messages will not arrive");
                         }
-                        tracing::info!(filters = ?self.filters, qos = self.qos, "subscribed");
+                        tracing::info!(?filters, qos = self.qos, "subscribed");
                         self.status.send_modify(|s| s.subscribed = true);
                     }
                     Some(Ok(Polled::Publish(msg))) => {
@@ -353,4 +390,17 @@ fn flush_acks(client: &Client, owed: &mut VecDeque<Owed>, done: u64) {
         }
         owed.pop_front();
     }
+}
+
+/// The next set of filters from `updates`; pending forever without updates or once the
+/// sender is gone.
+async fn next_filters(updates: &mut Option<watch::Receiver<Vec<String>>>) -> Option<Vec<String>> {
+    let Some(rx) = updates else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *updates = None;
+        return std::future::pending().await;
+    }
+    Some(rx.borrow_and_update().clone())
 }

@@ -114,6 +114,73 @@ pub(super) fn token(i: &str) -> (Tok<'_>, &str) {
     (Tok::Other(c), &i[c.len_utf8()..])
 }
 
+/// The comments and blank lines of a source, found with the same rules as the parser's
+/// whitespace skipping (so a `//` inside a string is no comment).
+pub(super) fn trivia(src: &str) -> ast::Trivia {
+    let mut comments = Vec::new();
+    let mut i = src.strip_prefix('\u{feff}').unwrap_or(src);
+    let off = |rest: &str| src.len() - rest.len();
+    loop {
+        i = i.trim_start_matches(|c: char| c.is_whitespace());
+        if i.is_empty() {
+            break;
+        }
+        let (len, is_comment) = if i.starts_with("//") {
+            (i.find('\n').unwrap_or(i.len()), true)
+        } else if let Some(body) = i.strip_prefix("/*") {
+            (body.find("*/").map_or(i.len(), |n| n + 4), true)
+        } else {
+            let (_, rest) = token(i);
+            (i.len() - rest.len(), false)
+        };
+        if is_comment {
+            let start = off(i);
+            let line_start = src[..start].rfind('\n').map_or(0, |n| n + 1);
+            let own_line = src[line_start..start]
+                .chars()
+                .all(|c| c == ' ' || c == '\t' || c == '\u{feff}');
+            let text = &i[..len];
+            let text = if text.starts_with("//") {
+                text.trim_end()
+            } else {
+                text
+            };
+            comments.push(ast::Comment {
+                text: text.to_string(),
+                span: Span::new(start, start + len),
+                own_line,
+            });
+        }
+        if len == 0 {
+            // `token` consumes a character of any non-empty input; never loop in place.
+            break;
+        }
+        i = &i[len..];
+    }
+    let mut blank_lines = Vec::new();
+    let mut start = 0;
+    let mut next_comment = comments.iter().peekable();
+    for line in src.split_inclusive('\n') {
+        while next_comment
+            .peek()
+            .is_some_and(|c| (c.span.end as usize) <= start)
+        {
+            next_comment.next();
+        }
+        let inside_comment = next_comment
+            .peek()
+            .is_some_and(|c| (c.span.start as usize) < start);
+        if line.trim().is_empty() && !inside_comment && start > 0 {
+            blank_lines.push(u32::try_from(start).unwrap_or(u32::MAX));
+        }
+        start += line.len();
+    }
+    ast::Trivia {
+        comments,
+        blank_lines,
+    }
+}
+
 /// `digit { digit | "_" }`
 fn digits(i: &str) -> PResult<'_, &str> {
     recognize((

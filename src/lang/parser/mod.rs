@@ -78,7 +78,8 @@ pub fn parse(file: FileId, src: &str) -> (ast::File, Vec<Diagnostic>) {
             )));
         }
     }
-    (ast::File { items }, diagnostics)
+    let trivia = lex::trivia(src);
+    (ast::File { items, trivia }, diagnostics)
 }
 
 /// Parsing state shared by every parser function: the source, the diagnostics recorded so far

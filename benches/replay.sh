@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The replay benchmarks in one table: P1, P2 and P3 replayed by `tern replay --stats` over the
+# same workload file (JSON decoding included), in memory and with durable state, beside the
+# hand-written P1 loop (benches/p1_baseline.rs) that bounds what P1 can cost.
+#
+#   benches/replay.sh [EVENTS] [KEYS]       (defaults: 5000000 events, 10000 keys)
+#
+# The workload is generated once per size into /tmp (tern simulate, seed 7). One core: each
+# replay is a single thread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-5000000}
+keys=${2:-10000}
+file=/tmp/tern-w${events}-k${keys}.jsonl
+
+cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bench p1_baseline
+tern=./target/release/tern
+baseline=$(ls -t target/release/deps/p1_baseline-* | grep -v '\.d$' | head -1)
+
+if [ ! -s "$file" ]; then
+  "$tern" simulate --out "$file" --keys "$keys" --events "$events" --seed 7 >&2
+fi
+
+# Prints "events/s alerts peak_partial_matches" of one replay.
+replay() {
+  "$tern" replay --rules benches/workload.tern "benches/$1.tern" --input "$file" --stats "${@:2}" \
+    2>&1 >/dev/null | awk '
+      $1 == "events/s" { rate = $2 }
+      $1 == "alerts" { alerts = $2 }
+      $1 == "peak" && $2 == "partial" { peak = $3 }
+      END { print rate, alerts, peak }'
+}
+
+printf '%s events, %s keys, one core\n\n' "$events" "$keys"
+printf '| | events/s in memory | events/s durable (--state) | alerts | peak partial matches |\n'
+printf '|---|---|---|---|---|\n'
+p1_rate=0
+for p in p1 p2 p3; do
+  read -r rate alerts peak < <(replay "$p")
+  state=$(mktemp -d)
+  read -r durable _ _ < <(replay "$p" --state "$state")
+  rm -rf "$state"
+  [ "$p" = p1 ] && p1_rate=$rate
+  printf '| %s | %s | %s | %s | %s |\n' "${p^^}" "$rate" "$durable" "$alerts" "$peak"
+done
+read -r base_rate base_matches < <("$baseline" --bench "$file" | awk '
+  $1 == "events/s" { rate = $2 } $1 == "matches" { m = $2 } END { print rate, m }')
+printf '| P1 hand-written loop | %s | | %s | |\n' "$base_rate" "$base_matches"
+awk -v a="$p1_rate" -v b="$base_rate" 'BEGIN { printf "\nP1: tern / hand-written loop = %.2f\n", a / b }'
