@@ -2,8 +2,13 @@
 //! pipeline `tern run` runs) -> an alert sink.
 //!
 //! ```text
-//! cargo run --release --example live_bench -- [MESSAGES] [RATE] [SECONDS] [PUBLISHERS]
+//! cargo run --release --example live_bench -- [MESSAGES] [RATE] [SECONDS] [PUBLISHERS] [FLAGS]
 //! ```
+//!
+//! Flags: `--latency-only` skips phases 1 and 2; `--broker-only` replaces tern with a plain
+//! MQTT subscriber (same QoS), to measure Mosquitto's own ceiling and latency on the same
+//! machine; `--alert-every N` makes one latency reading in N an alert (default 1, all);
+//! `--no-state-sync` runs tern with `state_sync = false` (no fsync per committed batch).
 //!
 //! 1. Throughput: MESSAGES readings (default 200,000) over 100 keys, published with QoS 1 by
 //!    PUBLISHERS connections at once (default 4) as fast as they go, stamped with the wall
@@ -12,7 +17,9 @@
 //! 2. Backlog: the same readings queued by the broker for tern's persistent session while
 //!    tern is stopped; reports how fast tern drains them once started.
 //! 3. Latency: RATE readings per second (default 1,000) for SECONDS (default 10) from one
-//!    connection, each making an alert; reports publish-to-alert p50, p99 and max. An event
+//!    connection (so that event time never goes backwards: the stream allows no lateness),
+//!    each reading (or one in `--alert-every`) making an alert; reports publish-to-alert p50,
+//!    p99 and max of those. An event
 //!    is released to the rule once a later event arrives on its stream (the watermark is the
 //!    newest time minus 1 ns), so the figure includes one inter-arrival gap (1/RATE).
 //!
@@ -92,7 +99,7 @@ struct Tern {
 impl Tern {
     /// Starts tern on the broker at `port` with the bench rule and a profile allowing
     /// `lateness`, and waits until it has subscribed.
-    async fn start(dir: &Path, port: u16, client_id: &str, lateness: &str) -> Tern {
+    async fn start(dir: &Path, port: u16, client_id: &str, lateness: &str, sync: bool) -> Tern {
         std::fs::create_dir_all(dir.join("rules")).unwrap();
         std::fs::create_dir_all(dir.join("devices")).unwrap();
         std::fs::write(dir.join("rules/bench.tern"), RULE).unwrap();
@@ -104,7 +111,7 @@ impl Tern {
         std::fs::write(
             dir.join("tern.toml"),
             format!(
-                "queue = 4096\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n\
+                "queue = 4096\nstate_sync = {sync}\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n\
                  client_id = \"{client_id}\"\n[logging]\nlevel = \"warn\"\n"
             ),
         )
@@ -193,14 +200,167 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// A plain subscriber in place of tern (`--broker-only`): records when each reading arrived.
+struct Plain {
+    seen: Arc<Mutex<HashMap<i64, Instant>>>,
+    received: Arc<AtomicU64>,
+    client: rumqttc::AsyncClient,
+}
+
+impl Plain {
+    async fn start(port: u16, id: &str) -> Plain {
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_inflight(1000)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 10_000);
+        client
+            .subscribe("bench/+/reading", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let received = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let (s, r) = (Arc::clone(&seen), Arc::clone(&received));
+        tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                match event {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let now = Instant::now();
+                        r.fetch_add(1, Ordering::Relaxed);
+                        if let Some(seq) = seq_of(&p.payload) {
+                            s.lock().unwrap().insert(seq, now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        rx.await.unwrap();
+        Plain {
+            seen,
+            received,
+            client,
+        }
+    }
+}
+
+/// The `seq` of a bench payload, without a JSON parser (the subscriber must keep up).
+fn seq_of(payload: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let rest = text.split("\"seq\": ").nth(1)?;
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+/// Latency phase: `rate` readings per second for `seconds`, spread over `publishers`
+/// connections; one in `every` is an alert (value over 100). Returns (seq, publish instant)
+/// of the alerting ones.
+async fn paced(
+    port: u16,
+    prefix: &str,
+    rate: u64,
+    seconds: u64,
+    publishers: i64,
+    every: i64,
+) -> Vec<(i64, Instant)> {
+    let n = (rate * seconds) as i64;
+    let epoch = now_ms();
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let prefix = format!("{prefix}-{p}");
+        tasks.push(tokio::spawn(async move {
+            let (client, _acked) = connect(port, &prefix);
+            let mut sent = Vec::new();
+            // Publisher p sends seq p, p + P, p + 2P, ...: together, one reading per 1/rate.
+            let mut seq = p;
+            while seq < n {
+                let due = t0 + Duration::from_nanos(seq as u64 * 1_000_000_000 / rate);
+                tokio::time::sleep_until(due).await;
+                let alert = seq % every == 0;
+                if alert {
+                    sent.push((seq, Instant::now()));
+                }
+                let value = if alert { 150.0 } else { 50.0 };
+                // Event time = publish order in ms (ties keep arrival order).
+                publish(
+                    &client,
+                    seq % 100,
+                    payload(epoch + seq * 1000 / rate as i64, seq, value),
+                )
+                .await;
+                seq += publishers;
+            }
+            (client, sent)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    for t in tasks {
+        let (c, sent) = t.await.unwrap();
+        clients.push(c);
+        all.extend(sent);
+    }
+    // A reading a minute later releases the last ones.
+    publish(&clients[0], 0, payload(epoch + n + 60_000, -1, 0.0)).await;
+    all
+}
+
+/// Prints p50, p99 and max of publish-to-arrival.
+fn report(what: &str, sent: &[(i64, Instant)], seen: &Mutex<HashMap<i64, Instant>>) {
+    let mut latencies: Vec<Duration> = {
+        let seen = seen.lock().unwrap();
+        sent.iter()
+            .filter_map(|(seq, at)| seen.get(seq).map(|t| t.saturating_duration_since(*at)))
+            .collect()
+    };
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
+        latencies[i].as_secs_f64() * 1e3
+    };
+    println!(
+        "{what}: {} measured: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| all.iter().any(|a| a == f);
+    let every: i64 = all
+        .iter()
+        .position(|a| a == "--alert-every")
+        .and_then(|i| all.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let broker_only = flag("--broker-only");
+    let latency_only = flag("--latency-only");
+    let sync = !flag("--no-state-sync");
+    let args: Vec<&String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            let value_of_flag = *i > 0 && all[*i - 1] == "--alert-every";
+            !a.starts_with("--") && !value_of_flag
+        })
+        .map(|(_, a)| a)
+        .collect();
     let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let messages = arg(1, 200_000) as i64;
-    let rate = arg(2, 1_000).max(1);
-    let seconds = arg(3, 10);
-    let publishers = arg(4, 4).max(1) as i64;
+    let messages = arg(0, 200_000) as i64;
+    let rate = arg(1, 1_000).max(1);
+    let seconds = arg(2, 10);
+    let publishers = arg(3, 4).max(1) as i64;
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -230,132 +390,184 @@ async fn main() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
-
-    // 1. Throughput: several publishers at once, as a fleet of gateways would.
-    let tern = Tern::start(&dir.path().join("throughput"), port, "tern-bench-1", "5s").await;
     let share = messages / publishers;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        tasks.push(tokio::spawn(async move {
-            let (client, acked) = connect(port, &format!("bench-pub-{p}"));
-            for i in 0..share {
-                let seq = p * share + i;
-                let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
-                publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
-            }
-            // Everything is at the broker before the reading that releases it all.
-            while acked.load(Ordering::Relaxed) < share as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            client
-        }));
-    }
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.unwrap());
-    }
-    let published = start.elapsed();
     let total_messages = share * publishers;
     let expected = (0..total_messages).filter(|s| s % 100 == 0).count();
-    // A reading a minute later moves event time past every other one.
-    publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
-    wait_for("the throughput alerts", Duration::from_secs(120), || {
-        tern.alerts() >= expected
-    })
-    .await;
-    let total = start.elapsed();
-    let summary = tern.stop().await;
-    println!(
-        "throughput: {total_messages} messages from {publishers} publishers in {:.2} s = {:.0} \
-         messages/s through tern (all at the broker after {:.2} s); {expected} alerts; \
-         tern received {}, acknowledged {}, dead-lettered {}",
-        total.as_secs_f64(),
-        total_messages as f64 / total.as_secs_f64(),
-        published.as_secs_f64(),
-        summary.source.received,
-        summary.source.acked,
-        summary.engine.bad.values().sum::<u64>(),
-    );
 
-    // 2. Backlog: the broker holds MESSAGES readings for tern's session while tern is away;
-    // how fast does tern work through them once it starts?
-    let backlog_dir = dir.path().join("backlog");
-    let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s").await;
-    tern.stop().await;
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        tasks.push(tokio::spawn(async move {
-            let (client, acked) = connect(port, &format!("bench-backlog-{p}"));
-            for i in 0..share {
-                let seq = p * share + i;
-                let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
-                publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
+    if broker_only {
+        // Mosquitto alone: the same publishers and QoS, a plain subscriber instead of tern.
+        if !latency_only {
+            let sub = Plain::start(port, "bench-plain-1").await;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for p in 0..publishers {
+                tasks.push(tokio::spawn(async move {
+                    let (client, acked) = connect(port, &format!("bench-pub-{p}"));
+                    for i in 0..share {
+                        let seq = p * share + i;
+                        publish(&client, seq % 100, payload(now_ms(), seq, 50.0)).await;
+                    }
+                    while acked.load(Ordering::Relaxed) < share as u64 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }));
             }
-            while acked.load(Ordering::Relaxed) < share as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            for t in tasks {
+                t.await.unwrap();
             }
-            client
-        }));
+            let published = start.elapsed();
+            wait_for("the subscriber", Duration::from_secs(120), || {
+                sub.received.load(Ordering::Relaxed) >= total_messages as u64
+            })
+            .await;
+            let total = start.elapsed();
+            println!(
+                "broker alone: {total_messages} messages from {publishers} publishers to one \
+                 QoS 1 subscriber in {:.2} s = {:.0} messages/s (all at the broker after {:.2} s)",
+                total.as_secs_f64(),
+                total_messages as f64 / total.as_secs_f64(),
+                published.as_secs_f64(),
+            );
+            let _ = sub.client.disconnect().await;
+        }
+        let sub = Plain::start(port, "bench-plain-2").await;
+        let sent = paced(port, "bench-lat", rate, seconds, 1, every).await;
+        let want = sent.len();
+        wait_for("the subscriber", Duration::from_secs(60), || {
+            sent.iter()
+                .filter(|(seq, _)| sub.seen.lock().unwrap().contains_key(seq))
+                .count()
+                >= want
+        })
+        .await;
+        report(
+            &format!(
+                "broker alone, latency: {rate} messages/s for {seconds} s from one publisher, \
+                 one in {every} measured, publish to subscriber"
+            ),
+            &sent,
+            &sub.seen,
+        );
+        return;
     }
-    let mut clients = Vec::new();
-    for t in tasks {
-        clients.push(t.await.unwrap());
-    }
-    publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
-    let start = Instant::now();
-    let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s").await;
-    wait_for("the backlog alerts", Duration::from_secs(120), || {
-        tern.alerts() >= expected
-    })
-    .await;
-    let total = start.elapsed();
-    let summary = tern.stop().await;
-    println!(
-        "backlog: {} queued messages drained in {:.2} s = {:.0} messages/s through tern",
-        summary.source.received,
-        total.as_secs_f64(),
-        summary.source.received as f64 / total.as_secs_f64(),
-    );
 
-    // 3. Latency at a fixed rate from one publisher; every reading makes an alert.
-    let tern = Tern::start(&dir.path().join("latency"), port, "tern-bench-2", "0s").await;
-    let (client, _acked) = connect(port, "bench-pub-latency");
-    let n = (rate * seconds) as i64;
-    let gap = Duration::from_nanos(1_000_000_000 / rate);
-    let epoch = now_ms();
-    let mut sent_at = Vec::with_capacity(n as usize);
-    let t0 = tokio::time::Instant::now();
-    for seq in 0..n {
-        tokio::time::sleep_until(t0 + gap * seq as u32).await;
-        sent_at.push((seq, Instant::now()));
-        publish(&client, seq % 100, payload(epoch + seq, seq, 150.0)).await;
+    if !latency_only {
+        // 1. Throughput: several publishers at once, as a fleet of gateways would.
+        let tern = Tern::start(
+            &dir.path().join("throughput"),
+            port,
+            "tern-bench-1",
+            "5s",
+            sync,
+        )
+        .await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..publishers {
+            tasks.push(tokio::spawn(async move {
+                let (client, acked) = connect(port, &format!("bench-pub-{p}"));
+                for i in 0..share {
+                    let seq = p * share + i;
+                    let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
+                    publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
+                }
+                // Everything is at the broker before the reading that releases it all.
+                while acked.load(Ordering::Relaxed) < share as u64 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                client
+            }));
+        }
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        let published = start.elapsed();
+        // A reading a minute later moves event time past every other one.
+        publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
+        wait_for("the throughput alerts", Duration::from_secs(120), || {
+            tern.alerts() >= expected
+        })
+        .await;
+        let total = start.elapsed();
+        let summary = tern.stop().await;
+        println!(
+            "throughput: {total_messages} messages from {publishers} publishers in {:.2} s = {:.0} \
+             messages/s through tern (all at the broker after {:.2} s); {expected} alerts; \
+             tern received {}, acknowledged {}, dead-lettered {}",
+            total.as_secs_f64(),
+            total_messages as f64 / total.as_secs_f64(),
+            published.as_secs_f64(),
+            summary.source.received,
+            summary.source.acked,
+            summary.engine.bad.values().sum::<u64>(),
+        );
+
+        // 2. Backlog: the broker holds MESSAGES readings for tern's session while tern is
+        // away; how fast does tern work through them once it starts?
+        let backlog_dir = dir.path().join("backlog");
+        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;
+        tern.stop().await;
+        let mut tasks = Vec::new();
+        for p in 0..publishers {
+            tasks.push(tokio::spawn(async move {
+                let (client, acked) = connect(port, &format!("bench-backlog-{p}"));
+                for i in 0..share {
+                    let seq = p * share + i;
+                    let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
+                    publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
+                }
+                while acked.load(Ordering::Relaxed) < share as u64 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                client
+            }));
+        }
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
+        let start = Instant::now();
+        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;
+        wait_for("the backlog alerts", Duration::from_secs(120), || {
+            tern.alerts() >= expected
+        })
+        .await;
+        let total = start.elapsed();
+        let summary = tern.stop().await;
+        println!(
+            "backlog: {} queued messages drained in {:.2} s = {:.0} messages/s through tern",
+            summary.source.received,
+            total.as_secs_f64(),
+            summary.source.received as f64 / total.as_secs_f64(),
+        );
     }
-    publish(&client, 0, payload(epoch + n + 60_000, -1, 0.0)).await;
+
+    // 3. Latency at a fixed rate; every reading (or one in `--alert-every`) makes an alert.
+    let tern = Tern::start(
+        &dir.path().join("latency"),
+        port,
+        "tern-bench-2",
+        "0s",
+        sync,
+    )
+    .await;
+    let sent = paced(port, "bench-pub-latency", rate, seconds, 1, every).await;
+    let want = sent.len();
     wait_for("the latency alerts", Duration::from_secs(60), || {
-        tern.alerts() >= n as usize
+        tern.alerts() >= want
     })
     .await;
-    let mut latencies: Vec<Duration> = {
-        let seen = tern.seen.lock().unwrap();
-        sent_at
-            .iter()
-            .filter_map(|(seq, at)| seen.get(seq).map(|t| t.saturating_duration_since(*at)))
-            .collect()
-    };
-    latencies.sort();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
-        latencies[i].as_secs_f64() * 1e3
-    };
-    println!(
-        "latency: {rate} messages/s for {seconds} s, {} alerts: publish to alert p50 {:.2} ms, \
-         p99 {:.2} ms, max {:.2} ms (includes one inter-arrival gap of {:.2} ms)",
-        latencies.len(),
-        pct(0.50),
-        pct(0.99),
-        pct(1.0),
-        gap.as_secs_f64() * 1e3
+    report(
+        &format!(
+            "latency: {rate} messages/s for {seconds} s from one publisher, one in \
+             {every} an alert, state_sync {sync}: publish to alert (includes one inter-arrival \
+             gap of {:.3} ms)",
+            1e3 / rate as f64
+        ),
+        &sent,
+        &tern.seen,
     );
     tern.stop().await;
 }

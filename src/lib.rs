@@ -41,5 +41,6 @@ pub mod io;
 pub mod lang;
 pub mod logging;
 pub mod metrics;
+pub mod sandbox;
 pub mod sim;
 pub mod store;

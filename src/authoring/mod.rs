@@ -60,17 +60,5 @@ pub fn only_rules(program: &Program, names: &[String]) -> Program {
 /// The stream of input events that do not name one: the only stream the program's rules and
 /// aggregates read from outside (aggregate outputs are derived, never read from input).
 pub fn default_stream(program: &Program) -> Option<StreamId> {
-    let mut used: Vec<StreamId> = program
-        .rules
-        .iter()
-        .flat_map(|r| r.streams.iter().copied())
-        .collect();
-    used.extend(program.aggregates.iter().map(|a| a.source));
-    used.retain(|s| !program.aggregates.iter().any(|a| a.output == *s));
-    used.sort();
-    used.dedup();
-    match used.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    }
+    program.sole_input()
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
+use crate::compile::hir::Program;
 use crate::engine::Engine;
 use crate::engine::alert::Alert;
 use crate::io::input::{self, BadLine, Record};
@@ -64,6 +65,45 @@ pub struct ReplayArgs {
     /// With `--state`: wait for the disk on every write, as `tern run` does by default.
     #[arg(long)]
     pub state_sync: bool,
+    /// Engine threads: keys are sharded across them by a hash of the key, one reader thread
+    /// decodes and routes (docs/performance.md, "Scaling"). Falls back to 1, saying why, when
+    /// the rules' keys do not allow it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+}
+
+/// The engine(s) a replay feeds: one on this thread, or N sharded by key.
+enum Runner {
+    One(Box<Engine>),
+    Sharded(Box<crate::io::shard::Sharded>),
+}
+
+impl Runner {
+    fn push(
+        &mut self,
+        ev: crate::event::Event,
+        line: &str,
+        out: &mut dyn FnMut(Alert),
+    ) -> anyhow::Result<Result<(), crate::engine::Late>> {
+        match self {
+            Runner::One(e) => Ok(e.push(ev, out)),
+            Runner::Sharded(s) => s.push(ev, Some(line), out),
+        }
+    }
+
+    fn set_watermark(
+        &mut self,
+        t: crate::event::Nanos,
+        out: &mut dyn FnMut(Alert),
+    ) -> anyhow::Result<()> {
+        match self {
+            Runner::One(e) => {
+                e.set_watermark(t, out);
+                Ok(())
+            }
+            Runner::Sharded(s) => s.set_watermark(t, out),
+        }
+    }
 }
 
 /// Engine state written to a state directory every [`Durable::EVERY`] events.
@@ -131,30 +171,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     };
     let profiles = loaded.profiles;
     let program = Arc::new(loaded.program);
-    let mut engine = Engine::new(Arc::clone(&program))?;
     let default_stream = match &args.stream {
         Some(name) => Some(
             program
                 .stream_id(name)
                 .with_context(|| format!("unknown stream `{name}`"))?,
         ),
-        None => {
-            let mut used: Vec<_> = program
-                .rules
-                .iter()
-                .flat_map(|r| r.streams.iter().copied())
-                .collect();
-            used.extend(program.aggregates.iter().map(|a| a.source));
-            // Aggregate outputs are derived, never read from input.
-            used.retain(|s| !program.aggregates.iter().any(|a| a.output == *s));
-            used.sort();
-            used.dedup();
-            if used.len() == 1 {
-                used.first().copied()
-            } else {
-                None
-            }
-        }
+        None => program.sole_input(),
     };
 
     let reader: Box<dyn BufRead> = if args.input == "-" {
@@ -197,36 +220,39 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             let _ = writeln!(d, "{rec}");
         }
     };
-    let mut durable = match &args.state {
-        Some(dir) => Some(Durable::open(dir, args.state_sync, &mut engine)?),
-        None => None,
+    let mut runner = start_runner(&args, &program, default_stream)?;
+    let mut durable = match (&args.state, &mut runner) {
+        (Some(dir), Runner::One(engine)) => Some(Durable::open(dir, args.state_sync, engine)?),
+        _ => None,
     };
     let started = Instant::now();
     let json_reader = input::JsonReader::new(&program, default_stream);
     let mut feed = |line_no: u64,
                     line: &str,
                     rec: Result<Record, BadLine>,
-                    engine: &mut Engine,
-                    emit: &mut dyn FnMut(Alert)| {
+                    runner: &mut Runner,
+                    emit: &mut dyn FnMut(Alert)|
+     -> anyhow::Result<()> {
         match rec {
             Ok(Record::Event(ev)) => {
-                if let Err(late) = engine.push(ev, emit) {
+                if let Err(late) = runner.push(ev, line, emit)? {
                     reject(line_no, line, &late, "late");
                 }
             }
-            Ok(Record::Watermark(t)) => engine.set_watermark(t, emit),
+            Ok(Record::Watermark(t)) => runner.set_watermark(t, emit)?,
             Err(e) => reject(line_no, line, &e, e.reason()),
         }
+        if let (Some(d), Runner::One(engine)) = (durable.as_mut(), runner) {
+            d.tick(engine)?;
+        }
+        Ok(())
     };
     match args.format {
         InputFormat::Csv => {
             let stream = default_stream
                 .context("CSV input needs --stream when the rules read several streams")?;
             for (line_no, rec) in input::csv_records(&program, stream, reader) {
-                feed(line_no, "", rec, &mut engine, &mut emit);
-                if let Some(d) = durable.as_mut() {
-                    d.tick(&mut engine)?;
-                }
+                feed(line_no, "", rec, &mut runner, &mut emit)?;
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
@@ -249,19 +275,27 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
                 } else {
                     json_reader.line(line)
                 };
-                feed(i as u64, line, rec, &mut engine, &mut emit);
-                if let Some(d) = durable.as_mut() {
-                    d.tick(&mut engine)?;
-                }
+                feed(i as u64, line, rec, &mut runner, &mut emit)?;
             }
         }
     }
-    if !args.no_flush {
-        engine.flush(&mut emit);
-    }
-    if let Some(d) = durable.as_mut() {
-        d.checkpoint(&mut engine)?;
-    }
+    let (stats, engine) = match runner {
+        Runner::One(mut engine) => {
+            if !args.no_flush {
+                engine.flush(&mut emit);
+            }
+            if let Some(d) = durable.as_mut() {
+                d.checkpoint(&mut engine)?;
+            }
+            (engine.stats(), Some(engine))
+        }
+        Runner::Sharded(sharded) => {
+            let s = sharded.finish(!args.no_flush, &mut emit)?;
+            let mut stats = s.engine;
+            stats.late += s.late;
+            (stats, None)
+        }
+    };
     out.flush()?;
     if let Some(e) = write_error {
         return Err(e).context("cannot write alerts");
@@ -271,7 +305,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     if args.stats {
-        let s = engine.stats();
+        let s = stats;
         let rate = if elapsed > 0.0 {
             s.events as f64 / elapsed
         } else {
@@ -288,10 +322,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         eprintln!("elapsed       {elapsed:.3} s");
         eprintln!("events/s      {rate:.0}");
         eprintln!("peak partial  {}", s.peak_runs);
-        for e in engine.script_errors().iter().filter(|e| e.errors > 0) {
+        for e in program.script_errors().iter().filter(|e| e.errors > 0) {
             eprintln!("script errors {} ({}: {})", e.errors, e.script, e.function);
         }
-        if args.no_flush && s.keys > 0 {
+        if let Some(engine) = engine.as_deref()
+            && args.no_flush
+            && s.keys > 0
+        {
             // Pending state at the end: what a live engine would hold for these keys.
             let bytes = engine.state_bytes();
             eprintln!("keys pending  {}", s.keys);
@@ -302,6 +339,41 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// One engine, or `--workers` engines sharded by key when the rules allow it (otherwise one,
+/// with a line on stderr saying why).
+fn start_runner(
+    args: &ReplayArgs,
+    program: &Arc<Program>,
+    default_stream: Option<crate::compile::hir::StreamId>,
+) -> anyhow::Result<Runner> {
+    let workers = usize::from(args.workers);
+    let single = || -> anyhow::Result<Runner> {
+        Ok(Runner::One(Box::new(Engine::new(Arc::clone(program))?)))
+    };
+    if workers <= 1 {
+        return single();
+    }
+    if args.state.is_some() {
+        eprintln!("workers: 1 (--state keeps one engine's state; sharded state is not supported)");
+        return single();
+    }
+    match crate::io::shard::Router::plan(program, workers) {
+        Ok(router) => {
+            // JSON Lines are passed to the workers to decode again (see Sharded::push).
+            let lines = (args.format == InputFormat::Jsonl).then_some(default_stream);
+            Ok(Runner::Sharded(Box::new(crate::io::shard::Sharded::start(
+                Arc::clone(program),
+                router,
+                lines,
+            )?)))
+        }
+        Err(why) => {
+            eprintln!("workers: 1 (keys cannot be sharded: {why})");
+            single()
+        }
+    }
 }
 
 /// Peak resident set size of this process, from /proc (Linux).

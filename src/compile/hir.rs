@@ -35,6 +35,29 @@ pub struct Program {
 }
 
 impl Program {
+    /// Streams whose events come from outside (device profiles, `stream` declarations) and
+    /// that some rule or aggregate reads; aggregate outputs are derived, never input.
+    pub fn input_streams(&self) -> Vec<StreamId> {
+        let mut used: Vec<StreamId> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.streams.iter().copied())
+            .chain(self.aggregates.iter().map(|a| a.source))
+            .filter(|s| !self.aggregates.iter().any(|a| a.output == *s))
+            .collect();
+        used.sort();
+        used.dedup();
+        used
+    }
+
+    /// The input stream of events that do not name theirs: the only one, if there is one.
+    pub fn sole_input(&self) -> Option<StreamId> {
+        match self.input_streams().as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
     /// The stream with this id.
     pub fn stream(&self, id: StreamId) -> &StreamSchema {
         &self.streams[id.0 as usize]

@@ -19,55 +19,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rhai::packages::{
-    BasicArrayPackage, BasicMapPackage, BasicMathPackage, BitFieldPackage, CorePackage,
-    LogicPackage, MoreStringPackage, Package,
-};
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, FnAccess, Scope};
 
 use crate::event::Value;
 
-/// Most operations one call may cost: far more than a unit conversion or a lookup table
-/// needs, few enough that an endless loop fails within milliseconds.
-pub const MAX_OPERATIONS: u64 = 100_000;
+pub use crate::sandbox::MAX_OPERATIONS;
 /// Deepest function call nesting inside a script.
 pub const MAX_CALL_LEVELS: usize = 32;
-/// Longest string a script may build, in bytes.
-pub const MAX_STRING_SIZE: usize = 64 * 1024;
-/// Longest array a script may build.
-pub const MAX_ARRAY_SIZE: usize = 10_000;
-/// Largest map a script may build.
-pub const MAX_MAP_SIZE: usize = 1_000;
-/// Deepest expression nesting (at top level, inside functions).
-pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
 
 /// How often a failing function is logged again after its first failure.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The sandboxed engine every script of a program runs in.
 pub fn sandbox() -> Engine {
-    // `new_raw` has no module resolver (no `import` from files), no print/debug output and
-    // no packages; the ones added below have no clock, no random numbers and no I/O, so a
-    // function's result depends on its arguments only (replay gives what live gave).
-    let mut engine = Engine::new_raw();
-    CorePackage::new().register_into_engine(&mut engine);
-    LogicPackage::new().register_into_engine(&mut engine);
-    BasicMathPackage::new().register_into_engine(&mut engine);
-    BasicArrayPackage::new().register_into_engine(&mut engine);
-    BasicMapPackage::new().register_into_engine(&mut engine);
-    MoreStringPackage::new().register_into_engine(&mut engine);
-    BitFieldPackage::new().register_into_engine(&mut engine);
-    engine.disable_symbol("eval");
-    engine.disable_symbol("import");
-    // A misspelt variable is a compile error at `tern check`, not a failure per event.
-    engine.set_strict_variables(true);
-    engine.set_max_operations(MAX_OPERATIONS);
-    engine.set_max_call_levels(MAX_CALL_LEVELS);
-    engine.set_max_string_size(MAX_STRING_SIZE);
-    engine.set_max_array_size(MAX_ARRAY_SIZE);
-    engine.set_max_map_size(MAX_MAP_SIZE);
-    engine.set_max_expr_depths(MAX_EXPR_DEPTHS.0, MAX_EXPR_DEPTHS.1);
-    engine
+    crate::sandbox::engine(MAX_CALL_LEVELS)
 }
 
 /// A function a script defines.

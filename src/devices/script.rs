@@ -7,29 +7,15 @@
 //! no `eval`, no clock, no output, and hard limits on work and sizes so that a bad script
 //! fails its message instead of stalling the pipeline.
 
-use rhai::packages::{
-    BasicArrayPackage, BasicMapPackage, BasicMathPackage, BitFieldPackage, CorePackage,
-    LogicPackage, MoreStringPackage, Package,
-};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, ParseError, Scope};
 use serde_json::Value as Json;
 
 use super::DecodeError;
 use super::topic::{CaptureDef, Captures};
 
-/// Most operations one message may cost: generous for a decoder, small enough that an endless
-/// loop fails within a few milliseconds.
-pub const MAX_OPERATIONS: u64 = 100_000;
+pub use crate::sandbox::MAX_OPERATIONS;
 /// Deepest function call nesting.
 pub const MAX_CALL_LEVELS: usize = 16;
-/// Longest string a script may build, in bytes.
-pub const MAX_STRING_SIZE: usize = 64 * 1024;
-/// Longest array a script may build.
-pub const MAX_ARRAY_SIZE: usize = 10_000;
-/// Largest map a script may build.
-pub const MAX_MAP_SIZE: usize = 1_000;
-/// Deepest expression nesting (at top level, inside functions).
-pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
 
 /// A compiled decoder.
 pub struct ScriptDecoder {
@@ -53,27 +39,7 @@ pub struct CompileError {
 }
 
 fn sandbox() -> Engine {
-    // `new_raw` has no module resolver (no `import` from files) and no print/debug output.
-    let mut engine = Engine::new_raw();
-    CorePackage::new().register_into_engine(&mut engine);
-    LogicPackage::new().register_into_engine(&mut engine);
-    BasicMathPackage::new().register_into_engine(&mut engine);
-    BasicArrayPackage::new().register_into_engine(&mut engine);
-    BasicMapPackage::new().register_into_engine(&mut engine);
-    MoreStringPackage::new().register_into_engine(&mut engine);
-    BitFieldPackage::new().register_into_engine(&mut engine);
-    // No `eval` (it would compile text at run time) and no `import` (nothing to import).
-    engine.disable_symbol("eval");
-    engine.disable_symbol("import");
-    // Catch misspelt variables at load, not per message.
-    engine.set_strict_variables(true);
-    engine.set_max_operations(MAX_OPERATIONS);
-    engine.set_max_call_levels(MAX_CALL_LEVELS);
-    engine.set_max_string_size(MAX_STRING_SIZE);
-    engine.set_max_array_size(MAX_ARRAY_SIZE);
-    engine.set_max_map_size(MAX_MAP_SIZE);
-    engine.set_max_expr_depths(MAX_EXPR_DEPTHS.0, MAX_EXPR_DEPTHS.1);
-    engine
+    crate::sandbox::engine(MAX_CALL_LEVELS)
 }
 
 /// The variables a script may read; strict variables checks names against these at compile time.

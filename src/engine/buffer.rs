@@ -101,7 +101,18 @@ impl Buffer {
             idx = prev;
         }
         if self.free.len() == self.entries.len() {
-            // Nothing live: give the memory back, so an idle key costs nothing.
+            // Nothing live: drop the entries but keep their slots until the end of the step
+            // ([`Buffer::trim`]), so a run that ends and one that starts on the same event
+            // reuse the slot instead of freeing and allocating it; the free list (cold memory
+            // of its own) is not needed for an empty buffer.
+            self.entries.clear();
+            self.free = Vec::new();
+        }
+    }
+
+    /// Gives the memory back when nothing is live, so an idle key costs nothing.
+    pub fn trim(&mut self) {
+        if self.free.len() == self.entries.len() && self.entries.capacity() > 0 {
             self.entries = Vec::new();
             self.free = Vec::new();
         }
@@ -172,6 +183,7 @@ mod tests {
         );
         b.release(y);
         assert_eq!(b.live(), 0);
+        b.trim();
         assert_eq!(b.heap_bytes(), 0, "an empty buffer holds no memory");
     }
 }

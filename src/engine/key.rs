@@ -108,6 +108,14 @@ impl KeyVal {
         }
     }
 
+    /// [`KeyVal::value`], borrowed where it can be (a single key field).
+    pub fn value_ref(&self) -> std::borrow::Cow<'_, Value> {
+        match self {
+            KeyVal::One(v) => std::borrow::Cow::Borrowed(&v.0),
+            other => std::borrow::Cow::Owned(other.value()),
+        }
+    }
+
     /// The key in alerts: the value, an object for several fields, null for a global key.
     pub fn to_json(&self, names: &[String]) -> Json {
         match self {

@@ -115,7 +115,40 @@ enum Consumer {
 struct Buffered {
     time: Nanos,
     arrival: u64,
-    event: Arc<Event>,
+    event: Held,
+}
+
+/// An event on its way through the engine: shared (`Arc`) only once something keeps it, so
+/// the common event that no rule keeps costs no reference-counted allocation.
+enum Held {
+    Owned(Event),
+    Shared(Arc<Event>),
+}
+
+impl Held {
+    fn get(&self) -> &Event {
+        match self {
+            Held::Owned(e) => e,
+            Held::Shared(e) => e,
+        }
+    }
+
+    /// The event as a shared reference, converting it on first use.
+    fn shared(&mut self) -> Arc<Event> {
+        match self {
+            Held::Shared(e) => Arc::clone(e),
+            Held::Owned(e) => {
+                let empty = Event {
+                    stream: e.stream,
+                    time: e.time,
+                    fields: Box::new([]),
+                };
+                let shared = Arc::new(std::mem::replace(e, empty));
+                *self = Held::Shared(Arc::clone(&shared));
+                shared
+            }
+        }
+    }
 }
 
 impl PartialEq for Buffered {
@@ -285,13 +318,18 @@ impl Group {
             *seen = Some(seen.map_or(event.time, |m| m.max(event.time)));
         }
         self.arrival += 1;
-        let event = Arc::new(event);
-        if let Some(c) = self.changes.as_mut() {
-            c.added.insert(self.arrival, Arc::clone(&event));
-            c.time = true;
-        }
+        let time = event.time;
+        let event = match self.changes.as_mut() {
+            Some(c) => {
+                let event = Arc::new(event);
+                c.added.insert(self.arrival, Arc::clone(&event));
+                c.time = true;
+                Held::Shared(event)
+            }
+            None => Held::Owned(event),
+        };
         self.reorder.push(Reverse(Buffered {
-            time: event.time,
+            time,
             arrival: self.arrival,
             event,
         }));
@@ -330,7 +368,7 @@ impl Group {
                         if let Some(c) = self.changes.as_mut()
                             && c.added.remove(&b.arrival).is_none()
                         {
-                            c.released.push((b.event.stream, b.time, b.arrival));
+                            c.released.push((b.event.get().stream, b.time, b.arrival));
                         }
                         self.now = self.now.max(b.time.saturating_sub(1));
                         self.process(b.event, out);
@@ -367,7 +405,7 @@ impl Group {
             }
             let output = self.aggregates[a].def().output;
             for fields in produced {
-                let event = Arc::new(Event {
+                let event = Held::Owned(Event {
                     stream: output.0,
                     time: t,
                     fields,
@@ -423,79 +461,100 @@ impl Group {
         self.stats.runs = self.stats.runs + after - before.min(self.stats.runs + after);
         emit_found(
             &self.program,
-            rt,
+            &rt.nfa,
+            slot,
             key,
             &mut self.found,
             &mut self.stats,
             out,
         );
-        reschedule(rt, key, &mut self.stats);
+        if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, key) {
+            rt.keys.remove(key);
+            self.stats.keys = self.stats.keys.saturating_sub(1);
+        }
     }
 
-    fn process(&mut self, event: Arc<Event>, out: &mut dyn FnMut(Alert)) {
-        let n = self
-            .consumers
-            .get(event.stream as usize)
-            .map_or(0, Vec::len);
+    fn process(&mut self, mut event: Held, out: &mut dyn FnMut(Alert)) {
+        let stream = event.get().stream as usize;
+        let n = self.consumers.get(stream).map_or(0, Vec::len);
         for ci in 0..n {
-            let c = self.consumers[event.stream as usize][ci];
+            let c = self.consumers[stream][ci];
             match c {
                 Consumer::Aggregate(a) => {
-                    let key = self.aggregates[a].add(&event);
+                    let key = self.aggregates[a].add(event.get());
                     if let Some(c) = self.changes.as_mut() {
                         c.windows.insert((a, key));
                     }
                 }
-                Consumer::Rule(r) => {
-                    let rt = &mut self.rules[r];
-                    let fields = rt
-                        .key_fields
-                        .iter()
-                        .find(|(s, _)| s.0 == event.stream)
-                        .map_or(&[][..], |(_, v)| &v[..]);
-                    let key = KeyVal::of(&event, fields);
-                    if let Some(c) = self.changes.as_mut() {
-                        c.keys.insert((r, key.clone()));
-                    }
-                    let slot = rt.keys.entry(key.clone()).or_insert_with(|| {
-                        self.stats.keys += 1;
-                        Box::new(Slot {
-                            state: KeyState::default(),
-                            scheduled: None,
-                        })
-                    });
-                    let before = slot.state.runs.len() as u64;
-                    self.found.clear();
-                    let key_value = key.value();
-                    if let Some(t) = self.trace.as_deref_mut() {
-                        t.begin(&rt.nfa.rule.name, key.to_json(&rt.nfa.rule.key_names));
-                        t.note(trace::What::Event {
-                            event: Arc::clone(&event),
-                            seq: slot.state.next_seq,
-                        });
-                    }
-                    slot.state.on_event_traced(
-                        &rt.nfa,
-                        &event,
-                        &key_value,
-                        &mut self.scratch,
-                        &mut self.found,
-                        self.trace.as_deref_mut(),
-                    );
-                    let after = slot.state.runs.len() as u64;
-                    self.stats.runs = (self.stats.runs + after).saturating_sub(before);
-                    self.stats.peak_runs = self.stats.peak_runs.max(self.stats.runs);
-                    emit_found(
-                        &self.program,
-                        rt,
-                        &key,
-                        &mut self.found,
-                        &mut self.stats,
-                        out,
-                    );
-                    reschedule(rt, &key, &mut self.stats);
-                }
+                Consumer::Rule(r) => self.feed_rule(r, &mut event, out),
             }
+        }
+    }
+
+    /// Feeds one released event to rule `r`, for the event's key.
+    fn feed_rule(&mut self, r: usize, held: &mut Held, out: &mut dyn FnMut(Alert)) {
+        let rt = &mut self.rules[r];
+        let event = held.get();
+        let fields = rt
+            .key_fields
+            .iter()
+            .find(|(s, _)| s.0 == event.stream)
+            .map_or(&[][..], |(_, v)| &v[..]);
+        let key = KeyVal::of(event, fields);
+        let key_value = key.value_ref();
+        // One probe of the map per event. A key without state stays without unless the event
+        // can start a match: stepping an empty key on any other event changes nothing (its
+        // sequence numbers restart with the key anyway), so it is neither created nor
+        // dropped. A trace records every event, so it takes the full path.
+        let slot = match rt.keys.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if self.trace.is_none() && !KeyState::may_start(&rt.nfa, event, &key_value) {
+                    return;
+                }
+                self.stats.keys += 1;
+                v.insert(Box::new(Slot {
+                    state: KeyState::default(),
+                    scheduled: None,
+                }))
+            }
+        };
+        let event = &held.shared();
+        if let Some(c) = self.changes.as_mut() {
+            c.keys.insert((r, key.clone()));
+        }
+        let before = slot.state.runs.len() as u64;
+        self.found.clear();
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.begin(&rt.nfa.rule.name, key.to_json(&rt.nfa.rule.key_names));
+            t.note(trace::What::Event {
+                event: Arc::clone(event),
+                seq: slot.state.next_seq,
+            });
+        }
+        slot.state.on_event_traced(
+            &rt.nfa,
+            event,
+            &key_value,
+            &mut self.scratch,
+            &mut self.found,
+            self.trace.as_deref_mut(),
+        );
+        let after = slot.state.runs.len() as u64;
+        self.stats.runs = (self.stats.runs + after).saturating_sub(before);
+        self.stats.peak_runs = self.stats.peak_runs.max(self.stats.runs);
+        emit_found(
+            &self.program,
+            &rt.nfa,
+            slot,
+            &key,
+            &mut self.found,
+            &mut self.stats,
+            out,
+        );
+        if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, &key) {
+            rt.keys.remove(&key);
+            self.stats.keys = self.stats.keys.saturating_sub(1);
         }
     }
 
@@ -932,11 +991,11 @@ impl Engine {
                         self.groups[g].reorder.push(Reverse(Buffered {
                             time,
                             arrival,
-                            event: Arc::new(Event {
+                            event: Held::Shared(Arc::new(Event {
                                 stream: id.0,
                                 time,
                                 fields: rec.fields,
-                            }),
+                            })),
                         }));
                         out.buffered += 1;
                     }
@@ -1043,7 +1102,8 @@ impl Engine {
 
 fn emit_found(
     program: &Program,
-    rt: &mut RuleRuntime,
+    nfa: &Nfa,
+    slot: &mut Slot,
     key: &KeyVal,
     found: &mut Vec<Found>,
     stats: &mut Stats,
@@ -1052,45 +1112,49 @@ fn emit_found(
     if found.is_empty() {
         return;
     }
-    let Some(slot) = rt.keys.get_mut(key) else {
-        return;
-    };
     let key_value = key.value();
-    let key_json = key.to_json(&rt.nfa.rule.key_names);
+    let key_json = key.to_json(&nfa.rule.key_names);
     for f in found.drain(..) {
-        let alert = alert::build(
-            program,
-            &rt.nfa,
-            &slot.state.buffer,
-            &f,
-            &key_value,
-            &key_json,
-        );
+        let alert = alert::build(program, nfa, &slot.state.buffer, &f, &key_value, &key_json);
         slot.state.release(&f);
         stats.alerts += 1;
         out(alert);
     }
 }
 
-/// Drops an empty key (so it costs nothing) or schedules its next deadline.
+/// Schedules a key's next deadline; true when the key holds nothing and should be dropped
+/// (so that it costs nothing).
+fn schedule(
+    nfa: &Nfa,
+    timers: &mut BinaryHeap<Reverse<Timer>>,
+    timer_seq: &mut u64,
+    slot: &mut Slot,
+    key: &KeyVal,
+) -> bool {
+    if slot.state.is_empty() {
+        return true;
+    }
+    if let Some(d) = slot.state.next_deadline(nfa)
+        && slot.scheduled.is_none_or(|s| d < s)
+    {
+        slot.scheduled = Some(d);
+        *timer_seq += 1;
+        timers.push(Reverse(Timer {
+            deadline: d,
+            seq: *timer_seq,
+            key: key.clone(),
+        }));
+    }
+    false
+}
+
+/// Drops an empty key or schedules its next deadline (after a restore).
 fn reschedule(rt: &mut RuleRuntime, key: &KeyVal, stats: &mut Stats) {
     let Some(slot) = rt.keys.get_mut(key) else {
         return;
     };
-    if slot.state.is_empty() {
+    if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, key) {
         rt.keys.remove(key);
         stats.keys = stats.keys.saturating_sub(1);
-        return;
-    }
-    if let Some(d) = slot.state.next_deadline(&rt.nfa)
-        && slot.scheduled.is_none_or(|s| d < s)
-    {
-        slot.scheduled = Some(d);
-        rt.timer_seq += 1;
-        rt.timers.push(Reverse(Timer {
-            deadline: d,
-            seq: rt.timer_seq,
-            key: key.clone(),
-        }));
     }
 }

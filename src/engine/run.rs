@@ -86,6 +86,7 @@ pub struct KeyState {
 #[derive(Debug, Default)]
 pub struct Scratch {
     runs: Vec<Run>,
+    created: Vec<Run>,
     found: Vec<Found>,
 }
 
@@ -98,6 +99,7 @@ impl KeyState {
     /// Releases the reference a [`Found`] holds.
     pub fn release(&mut self, found: &Found) {
         self.buffer.release(found.tail);
+        self.buffer.trim();
     }
 
     /// The earliest time at which something may happen without an event: a whole-match
@@ -120,6 +122,25 @@ impl KeyState {
             }
         }
         best
+    }
+
+    /// True when `event` may start a match: without it, feeding the event to a key that
+    /// holds nothing leaves the key holding nothing.
+    pub fn may_start(nfa: &Nfa, event: &Event, key: &Value) -> bool {
+        let empty = KeyState::default();
+        let start_run = Run {
+            state: 0,
+            alive: u64::MAX,
+            fresh: false,
+            start_seq: 0,
+            start_time: event.time,
+            last_time: event.time,
+            tail: NIL,
+            id: 0,
+            completed: false,
+            absence: false,
+        };
+        empty.matching_waits(nfa, &start_run, event, key, true).all != 0
     }
 
     /// Feeds one event (already in time order, after [`KeyState::advance`] to its time).
@@ -149,7 +170,8 @@ impl KeyState {
         let first_out = out.len();
         let mut survivors = std::mem::take(&mut scratch.runs);
         survivors.clear();
-        let mut created: Vec<Run> = Vec::new();
+        let mut created = std::mem::take(&mut scratch.created);
+        created.clear();
         let mut runs = std::mem::take(&mut self.runs);
         for mut run in runs.drain(..) {
             let keep = self.step_run(
@@ -198,7 +220,8 @@ impl KeyState {
                 created.push(r);
             }
         }
-        survivors.extend(created);
+        survivors.append(&mut created);
+        scratch.created = created;
         // The key keeps its own vector (sized by its own history, not by the busiest key's)
         // and the scratch vector goes back to the pool for the next key.
         // Most keys hold one or two runs: size the vector exactly rather than by doubling.
@@ -212,6 +235,7 @@ impl KeyState {
         // Matches completed by one event come out in the order of their first events (§5).
         out[first_out..].sort_by_key(|f| (f.start_seq, f.id));
         self.settle(nfa, scratch, out, first_out, trace.as_deref_mut());
+        self.buffer.trim();
         if let Some(t) = trace {
             note_emitted(t, &out[first_out..]);
         }
@@ -688,6 +712,7 @@ impl KeyState {
         // Outputs of one advance come out in deadline order, then run order.
         out[first_out..].sort_by_key(|f| (f.time, f.start_seq, f.id));
         self.settle(nfa, scratch, out, first_out, trace.as_deref_mut());
+        self.buffer.trim();
         if let Some(t) = trace {
             note_emitted(t, &out[first_out..]);
         }

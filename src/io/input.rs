@@ -88,9 +88,7 @@ impl<'p> JsonReader<'p> {
     pub fn line(&self, line: &str) -> Result<Record, BadLine> {
         // The common case, an event of the default stream, is decoded straight into the
         // schema's slots without building a JSON tree; anything else takes the general path.
-        if let Some(stream) = self.default_stream
-            && !line.contains("\"$")
-        {
+        if let Some(stream) = self.default_stream {
             let schema = self.program.stream(stream);
             if let Some(ev) = fast::decode(schema, stream, line) {
                 return Ok(Record::Event(ev));
@@ -330,152 +328,188 @@ fn csv_cell(ty: Ty, cell: &str) -> Json {
 }
 
 /// Schema-driven decoding of one flat JSON object into an event, without a JSON tree.
+///
+/// A byte scanner that reads `{"name": scalar, ...}` and converts each scalar straight into
+/// the schema's slot. It accepts only what it can decode exactly as the general path would;
+/// anything else (escapes, nesting, `$` keys, a wrong type, a number it does not parse the
+/// same way) gives `None`, and the general path decodes the line or explains the error.
 mod fast {
-    use std::borrow::Cow;
-    use std::fmt;
     use std::sync::Arc;
-
-    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
     use crate::compile::expr::ty_of;
     use crate::compile::hir::{StreamId, Ty};
     use crate::compile::schema::StreamSchema;
     use crate::event::{Event, Value};
 
-    /// A JSON scalar, borrowing strings from the line where it can.
-    enum Scalar<'a> {
-        Null,
-        Bool(bool),
-        Int(i64),
-        Float(f64),
-        Str(Cow<'a, str>),
-        Other,
+    struct Scan<'a> {
+        line: &'a str,
+        b: &'a [u8],
+        i: usize,
     }
 
-    impl<'de> de::Deserialize<'de> for Scalar<'de> {
-        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Scalar<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON scalar")
+    impl<'a> Scan<'a> {
+        fn ws(&mut self) {
+            while let Some(&c) = self.b.get(self.i) {
+                if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
                 }
-                fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Null)
-                }
-                fn visit_none<E>(self) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Null)
-                }
-                fn visit_bool<E>(self, b: bool) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Bool(b))
-                }
-                fn visit_i64<E>(self, i: i64) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Int(i))
-                }
-                fn visit_u64<E>(self, u: u64) -> Result<Scalar<'de>, E> {
-                    Ok(i64::try_from(u).map_or(Scalar::Float(u as f64), Scalar::Int))
-                }
-                fn visit_f64<E>(self, f: f64) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Float(f))
-                }
-                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Str(Cow::Borrowed(s)))
-                }
-                fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Str(Cow::Owned(s.to_string())))
-                }
-                fn visit_string<E>(self, s: String) -> Result<Scalar<'de>, E> {
-                    Ok(Scalar::Str(Cow::Owned(s)))
-                }
-                fn visit_seq<A: de::SeqAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Scalar<'de>, A::Error> {
-                    while a.next_element::<IgnoredAny>()?.is_some() {}
-                    Ok(Scalar::Other)
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Scalar<'de>, A::Error> {
-                    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    Ok(Scalar::Other)
+                self.i += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            (self.peek()? == c).then(|| self.i += 1)
+        }
+
+        /// The body of a string without escapes (the opening quote already taken).
+        fn plain_str(&mut self) -> Option<&'a str> {
+            let start = self.i;
+            loop {
+                let c = *self.b.get(self.i)?;
+                self.i += 1;
+                match c {
+                    // Quotes are ASCII: the slice falls on character boundaries.
+                    b'"' => return self.line.get(start..self.i - 1),
+                    // Escapes need decoding and raw control characters are invalid JSON.
+                    b'\\' | 0..=0x1f => return None,
+                    _ => {}
                 }
             }
-            d.deserialize_any(V)
+        }
+
+        /// A JSON number's text, checked against the JSON grammar; also whether it is an
+        /// integer (no fraction, no exponent).
+        fn number(&mut self) -> Option<(&'a str, bool)> {
+            let start = self.i;
+            self.eat(b'-');
+            match self.peek()? {
+                b'0' => self.i += 1,
+                b'1'..=b'9' => self.digits(),
+                _ => return None,
+            }
+            let mut integer = true;
+            if self.eat(b'.').is_some() {
+                integer = false;
+                if !self.peek()?.is_ascii_digit() {
+                    return None;
+                }
+                self.digits();
+            }
+            if matches!(self.peek(), Some(b'e' | b'E')) {
+                integer = false;
+                self.i += 1;
+                if matches!(self.peek(), Some(b'+' | b'-')) {
+                    self.i += 1;
+                }
+                if !self.peek()?.is_ascii_digit() {
+                    return None;
+                }
+                self.digits();
+            }
+            Some((self.line.get(start..self.i)?, integer))
+        }
+
+        fn digits(&mut self) {
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.i += 1;
+            }
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            let end = self.i + word.len();
+            (self.b.get(self.i..end)? == word).then(|| self.i = end)
         }
     }
 
-    struct Row<'s> {
-        schema: &'s StreamSchema,
-    }
-
-    /// Marks a value the fast path cannot convert; the general path then explains why.
-    struct Unfit;
-
-    impl<'de> DeserializeSeed<'de> for Row<'_> {
-        type Value = Result<Vec<Value>, Unfit>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
+    /// A float as serde_json reads it. Short decimals (at most 15 significant digits, no
+    /// exponent) are exact in both serde_json's and the standard parser, which is faster;
+    /// longer ones go through serde_json itself, whose rounding may differ in the last bit.
+    fn float(text: &str, integer: bool) -> Option<f64> {
+        if integer {
+            // serde_json reads an integer as i64 (or u64) and converts.
+            return match text.parse::<i64>() {
+                Ok(i) => Some(i as f64),
+                Err(_) => text.parse::<u64>().ok().map(|u| u as f64),
+            };
         }
-    }
-
-    impl<'de> Visitor<'de> for Row<'_> {
-        type Value = Result<Vec<Value>, Unfit>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            let n = self.schema.fields.len();
-            let mut values: Vec<Option<Value>> = vec![None; n];
-            let mut fit = true;
-            while let Some(key) = a.next_key::<Cow<'de, str>>()? {
-                let Some(i) = self.schema.fields.iter().position(|f| f.name == *key) else {
-                    a.next_value::<IgnoredAny>()?;
-                    continue;
-                };
-                let scalar: Scalar<'de> = a.next_value()?;
-                let ty = ty_of(self.schema.fields[i].ty.base);
-                match convert(ty, scalar) {
-                    Some(v) => values[i] = Some(v),
-                    None => fit = false,
-                }
-            }
-            if !fit {
-                return Ok(Err(Unfit));
-            }
-            let mut out = Vec::with_capacity(n);
-            for (f, v) in self.schema.fields.iter().zip(values) {
-                match v {
-                    Some(Value::Null) | None if !f.ty.nullable => return Ok(Err(Unfit)),
-                    Some(v) => out.push(v),
-                    None => out.push(Value::Null),
-                }
-            }
-            Ok(Ok(out))
-        }
-    }
-
-    fn convert(ty: Ty, s: Scalar<'_>) -> Option<Value> {
-        Some(match (ty, s) {
-            (_, Scalar::Null) => Value::Null,
-            (Ty::Bool, Scalar::Bool(b)) => Value::Bool(b),
-            (Ty::Int, Scalar::Int(i)) => Value::Int(i),
-            (Ty::Float, Scalar::Int(i)) => Value::Float(i as f64),
-            (Ty::Float, Scalar::Float(f)) => Value::Float(f),
-            (Ty::Str, Scalar::Str(s)) => Value::Str(Arc::from(&*s)),
-            (Ty::Timestamp, Scalar::Int(ms)) => Value::Timestamp(ms.checked_mul(1_000_000)?),
-            (Ty::Timestamp, Scalar::Str(s)) => Value::Timestamp(super::parse_rfc3339(&s)?),
-            _ => return None,
-        })
+        let short = text.len() <= 16 && !text.contains(['e', 'E']);
+        let f = if short {
+            text.parse::<f64>().ok()?
+        } else {
+            serde_json::from_str::<f64>(text).ok()?
+        };
+        f.is_finite().then_some(f)
     }
 
     /// The event, or `None` when the line needs the general path (which explains errors).
     pub fn decode(schema: &StreamSchema, stream: StreamId, line: &str) -> Option<Event> {
-        let mut de = serde_json::Deserializer::from_str(line);
-        let row = Row { schema };
-        let values = match row.deserialize(&mut de) {
-            Ok(Ok(v)) => v,
-            _ => return None,
+        let n = schema.fields.len();
+        // Bit i of `seen`: field i was present (wider schemas take the general path).
+        if n > 64 {
+            return None;
+        }
+        let mut values: Vec<Value> = Vec::with_capacity(n);
+        values.resize(n, Value::Null);
+        let mut seen = 0u64;
+        let mut s = Scan {
+            line,
+            b: line.as_bytes(),
+            i: 0,
         };
-        de.end().ok()?;
+        s.ws();
+        s.eat(b'{')?;
+        s.ws();
+        // Fields usually come in schema order: try the next one first.
+        let mut guess = 0usize;
+        if s.eat(b'}').is_none() {
+            loop {
+                s.ws();
+                s.eat(b'"')?;
+                let name = s.plain_str()?;
+                if name.starts_with('$') {
+                    return None;
+                }
+                let idx = if schema.fields.get(guess).is_some_and(|f| f.name == name) {
+                    Some(guess)
+                } else {
+                    schema.fields.iter().position(|f| f.name == name)
+                };
+                s.ws();
+                s.eat(b':')?;
+                s.ws();
+                match idx {
+                    Some(i) => {
+                        let ty = ty_of(schema.fields[i].ty.base);
+                        values[i] = value(&mut s, ty)?;
+                        seen |= 1 << i;
+                        guess = i + 1;
+                    }
+                    None => skip_scalar(&mut s)?,
+                }
+                s.ws();
+                match s.peek()? {
+                    b',' => s.i += 1,
+                    b'}' => {
+                        s.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        s.ws();
+        if s.i != s.b.len() {
+            return None;
+        }
+        for (i, f) in schema.fields.iter().enumerate() {
+            if !f.ty.nullable && (seen & (1 << i) == 0 || values[i].is_null()) {
+                return None;
+            }
+        }
         let time = match values.get(schema.time_field) {
             Some(Value::Timestamp(t)) => *t,
             _ => return None,
@@ -485,5 +519,192 @@ mod fast {
             time,
             fields: values.into_boxed_slice(),
         })
+    }
+
+    /// One scalar converted to `ty`.
+    fn value(s: &mut Scan<'_>, ty: Ty) -> Option<Value> {
+        let c = s.peek()?;
+        Some(match c {
+            b'n' => {
+                s.literal(b"null")?;
+                Value::Null
+            }
+            b't' | b'f' => {
+                let b = c == b't';
+                s.literal(if b { b"true" } else { b"false" })?;
+                match ty {
+                    Ty::Bool => Value::Bool(b),
+                    _ => return None,
+                }
+            }
+            b'"' => {
+                s.i += 1;
+                let text = s.plain_str()?;
+                match ty {
+                    Ty::Str => Value::Str(Arc::from(text)),
+                    Ty::Timestamp => Value::Timestamp(super::parse_rfc3339(text)?),
+                    _ => return None,
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let (text, mut integer) = s.number()?;
+                // serde_json reads `-0` as a float.
+                integer &= text != "-0";
+                match ty {
+                    Ty::Int if integer => Value::Int(text.parse().ok()?),
+                    Ty::Float => Value::Float(float(text, integer)?),
+                    Ty::Timestamp if integer => {
+                        Value::Timestamp(text.parse::<i64>().ok()?.checked_mul(1_000_000)?)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// Skips the scalar value of a field the schema does not have.
+    fn skip_scalar(s: &mut Scan<'_>) -> Option<()> {
+        match s.peek()? {
+            b'n' => s.literal(b"null"),
+            b't' => s.literal(b"true"),
+            b'f' => s.literal(b"false"),
+            b'"' => {
+                s.i += 1;
+                s.plain_str().map(|_| ())
+            }
+            b'-' | b'0'..=b'9' => s.number().map(|_| ()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::lang::source::Sources;
+
+    const STREAM: &str = "stream s { id: string, ts: timestamp, x: float, n: int?, ok: bool?, \
+                          label: string?, time ts }";
+
+    fn program() -> Program {
+        let mut sources = Sources::new();
+        let (program, diags) = crate::compile::check_text(
+            &mut sources,
+            &[("s.tern", STREAM)],
+            Vec::new(),
+            &["stdout".to_string()],
+        );
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        program
+    }
+
+    /// What the general path (a JSON tree) makes of a line.
+    fn general(program: &Program, line: &str) -> Result<Event, BadLine> {
+        let stream = program.stream_id("s").unwrap();
+        let json: Json =
+            serde_json::from_str(line).map_err(|e| BadLine::InvalidJson(e.to_string()))?;
+        let Json::Object(obj) = json else {
+            return Err(BadLine::InvalidJson("not an object".into()));
+        };
+        event_from_json(program.stream(stream), stream, &|name| obj.get(name))
+    }
+
+    #[test]
+    fn the_scanner_decodes_exactly_as_the_general_path_or_defers_to_it() {
+        let program = program();
+        let stream = program.stream_id("s").unwrap();
+        let schema = program.stream(stream);
+        let lines = [
+            r#"{"id":"a","ts":1709251200000,"x":55.7}"#,
+            r#" { "x" : -0.0 , "ts" : 5 , "id" : "b" , "n" : -3 , "ok" : true } "#,
+            r#"{"id":"a","ts":1,"x":-0}"#,
+            r#"{"id":"a","ts":1,"x":1,"n":-0}"#,
+            r#"{"id":"a","ts":1,"x":12345678901234567890}"#,
+            r#"{"id":"a","ts":1,"x":123456789012345678901234567890}"#,
+            r#"{"id":"a","ts":1,"x":0.1000000000000000055511151231257827}"#,
+            r#"{"id":"a","ts":1,"x":2.5e-3}"#,
+            r#"{"id":"a","ts":1,"x":1e400}"#,
+            r#"{"id":"a","ts":1,"x":01}"#,
+            r#"{"id":"a","ts":1,"x":1.}"#,
+            r#"{"id":"a","ts":1,"x":.5}"#,
+            r#"{"id":"a","ts":1,"x":+1}"#,
+            r#"{"id":"a","ts":1,"x":"1"}"#,
+            r#"{"id":"a","ts":1,"x":1,"n":1.5}"#,
+            r#"{"id":"a","ts":1,"x":1,"n":9223372036854775808}"#,
+            r#"{"id":"a","ts":9223372036854775807,"x":1}"#,
+            r#"{"id":"a","ts":"2024-03-01T00:00:00.5Z","x":1}"#,
+            r#"{"id":"a","ts":"yesterday","x":1}"#,
+            r#"{"id":"a","ts":1.5,"x":1}"#,
+            r#"{"id":"a\"b","ts":1,"x":1}"#,
+            r#"{"id":"a\u00e9","ts":1,"x":1}"#,
+            r#"{"id":"åß","ts":1,"x":1}"#,
+            r#"{"id":null,"ts":1,"x":1}"#,
+            r#"{"ts":1,"x":1}"#,
+            r#"{"id":"a","ts":1,"x":1,"label":null}"#,
+            r#"{"id":"a","ts":1,"x":1,"extra":{"deep":[1,2]}}"#,
+            r#"{"id":"a","ts":1,"x":1,"extra":"tab	inside"}"#,
+            r#"{"id":"a","ts":1,"x":1,"extra":nul}"#,
+            r#"{"id":"a","ts":1,"x":1,"x":2}"#,
+            r#"{"id":"a","ts":1,"x":1,"x":null}"#,
+            r#"{"id":"a","ts":1,"x":1,}"#,
+            r#"{"id":"a","ts":1,"x":1} x"#,
+            r#"{"id":"a","ts":1,"x":1"#,
+            r#"{"id":"a","ts":1 "x":1}"#,
+            r#"{"$stream":"s","id":"a","ts":1,"x":1}"#,
+            r#"{"id":"a","ts":1,"x":1,"ok":"yes"}"#,
+            r#"{"id":7,"ts":1,"x":1}"#,
+            r#"[1,2]"#,
+            r#"{}"#,
+        ];
+        for line in lines {
+            let want = general(&program, line);
+            match fast::decode(schema, stream, line) {
+                Some(ev) => assert_eq!(Ok(ev), want, "{line}"),
+                None => {
+                    // Deferring is always allowed; it must be for every line the general
+                    // path rejects.
+                }
+            }
+            if want.is_err() {
+                assert!(fast::decode(schema, stream, line).is_none(), "{line}");
+            }
+        }
+        // The common shapes take the fast path.
+        for line in &lines[..3] {
+            assert!(fast::decode(schema, stream, line).is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn random_floats_decode_to_the_same_bits() {
+        let program = program();
+        let stream = program.stream_id("s").unwrap();
+        let schema = program.stream(stream);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let x = f64::from_bits(seed);
+            if !x.is_finite() {
+                continue;
+            }
+            let digits = (seed % 17) as usize;
+            for text in [format!("{x}"), format!("{x:.digits$}"), format!("{x:e}")] {
+                let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
+                if let Some(ev) = fast::decode(schema, stream, &line) {
+                    let want = general(&program, &line).unwrap();
+                    match (&ev.fields[2], &want.fields[2]) {
+                        (Value::Float(a), Value::Float(b)) => {
+                            assert_eq!(a.to_bits(), b.to_bits(), "{line}")
+                        }
+                        other => panic!("{line}: {other:?}"),
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,3 +7,4 @@ pub mod input;
 pub mod mqtt;
 pub mod pipeline;
 pub mod reload;
+pub mod shard;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::compile::hir::{Program, StreamId};
+use crate::compile::hir::Program;
 use crate::devices::Profile;
 use crate::io::control::{Handle, ReloadOutcome, ReloadReport};
 use crate::lang::diagnostic::Diagnostic;
@@ -92,7 +92,7 @@ impl Loader {
             });
         }
         let program = Arc::new(loaded.program);
-        let used = streams_read(&program);
+        let used = program.input_streams();
         let profiles = loaded
             .profiles
             .into_iter()
@@ -155,20 +155,6 @@ fn collect(path: &Path, out: &mut BTreeMap<PathBuf, (u64, Option<SystemTime>)>, 
     } else {
         out.insert(path.to_owned(), (meta.len(), meta.modified().ok()));
     }
-}
-
-/// Streams whose events the program reads from outside (not aggregate outputs).
-pub fn streams_read(program: &Program) -> HashSet<StreamId> {
-    let mut used: HashSet<StreamId> = program
-        .rules
-        .iter()
-        .flat_map(|r| r.streams.iter().copied())
-        .collect();
-    used.extend(program.aggregates.iter().map(|a| a.source));
-    for a in &program.aggregates {
-        used.remove(&a.output);
-    }
-    used
 }
 
 /// The topic filters to subscribe to: one per profile.
