@@ -180,6 +180,43 @@ fn connect(port: u16, id: &str) -> (rumqttc::AsyncClient, Arc<AtomicU64>) {
     (client, acked)
 }
 
+/// Publishes `share` readings from each of `publishers` clients at once, as fast as the
+/// broker takes them (one in 100 alert-worthy when `alerts`), and waits until the broker has
+/// acknowledged every one. Returns the clients, still connected.
+async fn flood(
+    port: u16,
+    prefix: &str,
+    publishers: i64,
+    share: i64,
+    alerts: bool,
+) -> Vec<rumqttc::AsyncClient> {
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let id = format!("{prefix}-{p}");
+        tasks.push(tokio::spawn(async move {
+            let (client, acked) = connect(port, &id);
+            for i in 0..share {
+                let seq = p * share + i;
+                let value = if alerts && seq % 100 == 0 {
+                    150.0
+                } else {
+                    50.0
+                };
+                publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
+            }
+            while acked.load(Ordering::Relaxed) < share as u64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            client
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    clients
+}
+
 async fn publish(client: &rumqttc::AsyncClient, device: i64, body: Vec<u8>) {
     client
         .publish(
@@ -399,22 +436,7 @@ async fn main() {
         if !latency_only {
             let sub = Plain::start(port, "bench-plain-1").await;
             let start = Instant::now();
-            let mut tasks = Vec::new();
-            for p in 0..publishers {
-                tasks.push(tokio::spawn(async move {
-                    let (client, acked) = connect(port, &format!("bench-pub-{p}"));
-                    for i in 0..share {
-                        let seq = p * share + i;
-                        publish(&client, seq % 100, payload(now_ms(), seq, 50.0)).await;
-                    }
-                    while acked.load(Ordering::Relaxed) < share as u64 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
+            flood(port, "bench-pub", publishers, share, false).await;
             let published = start.elapsed();
             wait_for("the subscriber", Duration::from_secs(120), || {
                 sub.received.load(Ordering::Relaxed) >= total_messages as u64
@@ -462,26 +484,8 @@ async fn main() {
         )
         .await;
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        for p in 0..publishers {
-            tasks.push(tokio::spawn(async move {
-                let (client, acked) = connect(port, &format!("bench-pub-{p}"));
-                for i in 0..share {
-                    let seq = p * share + i;
-                    let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
-                    publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
-                }
-                // Everything is at the broker before the reading that releases it all.
-                while acked.load(Ordering::Relaxed) < share as u64 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                client
-            }));
-        }
-        let mut clients = Vec::new();
-        for t in tasks {
-            clients.push(t.await.unwrap());
-        }
+        // Everything is at the broker before the reading that releases it all.
+        let clients = flood(port, "bench-pub", publishers, share, true).await;
         let published = start.elapsed();
         // A reading a minute later moves event time past every other one.
         publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
@@ -508,25 +512,7 @@ async fn main() {
         let backlog_dir = dir.path().join("backlog");
         let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;
         tern.stop().await;
-        let mut tasks = Vec::new();
-        for p in 0..publishers {
-            tasks.push(tokio::spawn(async move {
-                let (client, acked) = connect(port, &format!("bench-backlog-{p}"));
-                for i in 0..share {
-                    let seq = p * share + i;
-                    let value = if seq % 100 == 0 { 150.0 } else { 50.0 };
-                    publish(&client, seq % 100, payload(now_ms(), seq, value)).await;
-                }
-                while acked.load(Ordering::Relaxed) < share as u64 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                client
-            }));
-        }
-        let mut clients = Vec::new();
-        for t in tasks {
-            clients.push(t.await.unwrap());
-        }
+        let clients = flood(port, "bench-backlog", publishers, share, true).await;
         publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
         let start = Instant::now();
         let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;

@@ -10,24 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Publisher, Tern, free_port, jsonl, wait_until};
+use common::{PROFILE_NO_LATENESS, Publisher, Tern, free_port, jsonl, run_refused, wait_until};
 use serde_json::Value;
 
 const TOKEN_VAR: &str = "TERN_TEST_ADMIN_TOKEN";
 const TOKEN: &str = "admin-test-token-7f3a9c";
-
-/// No lateness: each reading reaches the rules as it arrives; an older one is late.
-const PROFILE: &str = r#"
-stream = "reading"
-topic = "sensors/{device}/reading"
-time = "ts"
-key = "device"
-lateness = "0s"
-[fields]
-ts = { type = "timestamp", format = "epoch_ms" }
-seq = "int"
-value = "float"
-"#;
 
 /// Two very high readings in a row: after one, the key holds a partial match.
 const PAIR: &str = r#"
@@ -65,7 +52,7 @@ fn reading(device: &str, seq: i64, value: f64) -> (String, Vec<u8>) {
 fn project(dir: &Path, mqtt: u16, admin: u16) -> PathBuf {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::create_dir_all(dir.join("devices")).unwrap();
-    std::fs::write(dir.join("devices/sensor.toml"), PROFILE).unwrap();
+    std::fs::write(dir.join("devices/sensor.toml"), PROFILE_NO_LATENESS).unwrap();
     std::fs::write(dir.join("rules/high.tern"), high("100.0")).unwrap();
     std::fs::write(dir.join("rules/pair.tern"), PAIR).unwrap();
     let config = format!(
@@ -442,15 +429,8 @@ fn an_admin_endpoint_beyond_loopback_needs_a_token() {
         .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:")
         .replace(&format!("token_env = \"{TOKEN_VAR}\"\n"), "");
     std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_refused(dir.path(), &config);
+    assert_eq!(code, Some(1));
     assert!(err.contains("error[E417]"), "{err}");
     assert!(err.contains("tern.toml:7:10"), "{err}");
     assert!(err.contains("set `token_env` or `token_file`"), "{err}");

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Mosquitto, Publisher, Tern, alert_seqs, end_marker, free_port, jsonl, reading, wait_until,
-    write_project,
+    Mosquitto, Publisher, Tern, alert_seqs, end_marker, free_port, jsonl, reading, run_refused,
+    wait_until, write_project,
 };
 
 /// Publishes `n` readings and the end marker, and waits for `n` alerts in the file.
@@ -426,15 +426,8 @@ fn tls_with_client_certificate_and_password() {
 fn bad_configuration_is_reported_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_project(dir.path(), "", Some("hots = \"localhost\"\n"), "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_refused(dir.path(), &config);
+    assert_eq!(code, Some(1));
     assert!(err.contains("E411"), "{err}");
     assert!(err.contains("tern.toml:13:1"), "{err}");
     assert!(err.contains("did you mean `host`?"), "{err}");

@@ -11,20 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mosquitto, Publisher, Tern, free_port, jsonl, wait_until};
-
-/// No lateness: each reading reaches the rules as it arrives.
-const PROFILE: &str = r#"
-stream = "reading"
-topic = "sensors/{device}/reading"
-time = "ts"
-key = "device"
-lateness = "0s"
-[fields]
-ts = { type = "timestamp", format = "epoch_ms" }
-seq = "int"
-value = "float"
-"#;
+use common::{Mosquitto, PROFILE_NO_LATENESS, Publisher, Tern, free_port, jsonl, wait_until};
 
 const TEMP_PROFILE: &str = r#"
 stream = "temp"
@@ -94,7 +81,7 @@ fn tick(seq: i64) -> (String, Vec<u8>) {
 fn project(dir: &Path, port: u16, watch: bool) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::create_dir_all(dir.join("devices")).unwrap();
-    std::fs::write(dir.join("devices/sensor.toml"), PROFILE).unwrap();
+    std::fs::write(dir.join("devices/sensor.toml"), PROFILE_NO_LATENESS).unwrap();
     std::fs::write(dir.join("rules/pair.tern"), PAIR).unwrap();
     std::fs::write(dir.join("rules/high.tern"), high("100.0")).unwrap();
     let config = format!(

@@ -56,9 +56,3 @@ pub fn only_rules(program: &Program, names: &[String]) -> Program {
         imports: program.imports.clone(),
     }
 }
-
-/// The stream of input events that do not name one: the only stream the program's rules and
-/// aggregates read from outside (aggregate outputs are derived, never read from input).
-pub fn default_stream(program: &Program) -> Option<StreamId> {
-    program.sole_input()
-}

@@ -389,7 +389,7 @@ impl Builder<'_> {
         for (stream, fields) in self.defaults(c.defaults.as_ref()) {
             defaults.entry(stream).or_default().extend(fields);
         }
-        let default_stream = super::default_stream(&program);
+        let default_stream = program.sole_input();
         let mut input = Vec::new();
         if let Some(f) = &c.events_file {
             self.events_file(f, &program, default_stream, sources, &mut input);

@@ -117,7 +117,7 @@ fn trace(args: &ExplainArgs, loaded: &crate::compile::Loaded) -> anyhow::Result<
                 .stream_id(name)
                 .with_context(|| format!("unknown stream `{name}`"))?,
         ),
-        None => authoring::default_stream(&program),
+        None => program.sole_input(),
     };
     let reader: Box<dyn BufRead> = if input_name == "-" {
         Box::new(std::io::stdin().lock())

@@ -217,7 +217,6 @@ impl Tern {
     }
 
     /// How many stderr lines contain `text`.
-    #[allow(dead_code)]
     pub fn count_logged(&self, text: &str) -> usize {
         self.stderr
             .lock()
@@ -228,7 +227,6 @@ impl Tern {
     }
 
     /// The process id (to send it signals).
-    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -417,6 +415,36 @@ ts = { type = "timestamp", format = "epoch_ms" }
 seq = "int"
 value = "float"
 "#;
+
+/// [`PROFILE`] without lateness: each reading reaches the rules as it arrives (released by
+/// the next one), and an older one is late.
+pub const PROFILE_NO_LATENESS: &str = r#"
+stream = "reading"
+topic = "sensors/{device}/reading"
+time = "ts"
+key = "device"
+lateness = "0s"
+[fields]
+ts = { type = "timestamp", format = "epoch_ms" }
+seq = "int"
+value = "float"
+"#;
+
+/// Runs `tern run --config CONFIG` in `dir` expecting it to refuse to start: its exit code
+/// and stderr.
+pub fn run_refused(dir: &Path, config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// The rule for [`PROFILE`].
 pub const RULE: &str = r#"
