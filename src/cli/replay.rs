@@ -82,12 +82,11 @@ impl Runner {
     fn push(
         &mut self,
         ev: crate::event::Event,
-        line: &str,
         out: &mut dyn FnMut(Alert),
     ) -> anyhow::Result<Result<(), crate::engine::Late>> {
         match self {
             Runner::One(e) => Ok(e.push(ev, out)),
-            Runner::Sharded(s) => s.push(ev, Some(line), out),
+            Runner::Sharded(s) => s.push(ev, out),
         }
     }
 
@@ -227,15 +226,25 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     };
     let started = Instant::now();
     let json_reader = input::JsonReader::new(&program, default_stream);
+    // `rec: None` is a JSON line not decoded yet: sharded workers decode it themselves.
     let mut feed = |line_no: u64,
                     line: &str,
-                    rec: Result<Record, BadLine>,
+                    rec: Option<Result<Record, BadLine>>,
                     runner: &mut Runner,
                     emit: &mut dyn FnMut(Alert)|
      -> anyhow::Result<()> {
-        match rec {
+        if rec.is_none()
+            && let Runner::Sharded(s) = runner
+            && let Some(pushed) = s.push_line(line, emit)?
+        {
+            if let Err(late) = pushed {
+                reject(line_no, line, &late, "late");
+            }
+            return Ok(());
+        }
+        match rec.unwrap_or_else(|| json_reader.line(line)) {
             Ok(Record::Event(ev)) => {
-                if let Err(late) = runner.push(ev, line, emit)? {
+                if let Err(late) = runner.push(ev, emit)? {
                     reject(line_no, line, &late, "late");
                 }
             }
@@ -252,7 +261,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             let stream = default_stream
                 .context("CSV input needs --stream when the rules read several streams")?;
             for (line_no, rec) in input::csv_records(&program, stream, reader) {
-                feed(line_no, "", rec, &mut runner, &mut emit)?;
+                feed(line_no, "", Some(rec), &mut runner, &mut emit)?;
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
@@ -270,11 +279,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let rec = if args.format == InputFormat::Capture {
-                    input::capture(&program, &profiles, line)
-                } else {
-                    json_reader.line(line)
-                };
+                let rec = (args.format == InputFormat::Capture)
+                    .then(|| input::capture(&program, &profiles, line));
                 feed(i as u64, line, rec, &mut runner, &mut emit)?;
             }
         }

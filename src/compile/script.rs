@@ -14,6 +14,7 @@
 //! null. The operation limit is what bounds an endless loop: the call fails after
 //! [`MAX_OPERATIONS`] steps, and the engine goes on with the next event.
 
+use arcstr::ArcStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -287,11 +288,11 @@ fn from_dynamic(d: Dynamic) -> Result<Value, String> {
         return Ok(Value::Bool(b));
     }
     if let Ok(c) = d.as_char() {
-        return Ok(Value::Str(Arc::from(c.to_string())));
+        return Ok(Value::Str(ArcStr::from(c.to_string())));
     }
     let ty = d.type_name();
     match d.into_immutable_string() {
-        Ok(s) => Ok(Value::Str(Arc::from(s.as_str()))),
+        Ok(s) => Ok(Value::Str(ArcStr::from(s.as_str()))),
         Err(_) => Err(format!("a value of type `{ty}`")),
     }
 }
@@ -360,7 +361,7 @@ mod tests {
             Value::Bool(true),
             Value::Int(-3),
             Value::Float(2.5),
-            Value::Str(Arc::from("é")),
+            Value::Str(ArcStr::from("é")),
         ] {
             assert_eq!(id.call(vec![v.clone()]), v);
         }
@@ -369,8 +370,9 @@ mod tests {
             Value::Int(42)
         );
         assert_eq!(
-            s.handle("greet", 1).call(vec![Value::Str(Arc::from("x"))]),
-            Value::Str(Arc::from("hi x"))
+            s.handle("greet", 1)
+                .call(vec![Value::Str(ArcStr::from("x"))]),
+            Value::Str(ArcStr::from("hi x"))
         );
         assert_eq!(s.handle("none", 0).call(vec![]), Value::Null);
         assert_eq!(id.errors(), 0);

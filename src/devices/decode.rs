@@ -2,7 +2,7 @@
 //! converted, in schema order. Anything that does not fit is a [`DecodeError`], never a
 //! half-filled event.
 
-use std::sync::Arc;
+use arcstr::ArcStr;
 
 use serde_json::Value as Json;
 
@@ -179,7 +179,7 @@ impl ProfileField {
                 Some(f) => Ok(Value::Float(f)),
                 None => Err(self.wrong("float", describe(v))),
             },
-            (TypeName::String, Json::String(s)) => Ok(Value::Str(Arc::from(s.as_str()))),
+            (TypeName::String, Json::String(s)) => Ok(Value::Str(ArcStr::from(s.as_str()))),
             (TypeName::Timestamp, _) => self.convert_time(v).map(Value::Timestamp),
             (TypeName::Duration, _) => self.convert_duration(v).map(Value::Duration),
             (ty, _) => Err(self.wrong(ty.as_str(), describe(v))),
@@ -239,7 +239,7 @@ impl ProfileField {
     pub(crate) fn convert_level(&self, level: &str) -> Result<Value, DecodeError> {
         let found = || format!("topic level {level:?}");
         match self.ty {
-            TypeName::String => Ok(Value::Str(Arc::from(level))),
+            TypeName::String => Ok(Value::Str(ArcStr::from(level))),
             TypeName::Int => level
                 .parse()
                 .map(Value::Int)

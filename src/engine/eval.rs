@@ -4,7 +4,7 @@
 //! walks the run's shared buffer chain for earlier steps; nothing is looked up by name and
 //! nothing is allocated except for string results.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use chrono::{Datelike, Timelike};
 
@@ -39,32 +39,7 @@ pub fn test(e: &TExpr, ctx: &Ctx<'_>) -> bool {
 pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
     match &e.kind {
         TExprKind::Const(v) => v.clone(),
-        TExprKind::Field(i) => ctx
-            .candidate
-            .and_then(|ev| ev.fields.get(*i as usize))
-            .cloned()
-            .unwrap_or(Value::Null),
-        TExprKind::VarField { var, field } => {
-            // VarField reads single-event steps only, so loop entries can be jumped over.
-            let mut cur = ctx.tail;
-            while cur != NIL {
-                let entry = ctx.buffer.entry(cur);
-                if entry.in_loop {
-                    cur = entry.anchor;
-                    continue;
-                }
-                if entry.var == *var {
-                    return entry
-                        .event
-                        .fields
-                        .get(*field as usize)
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                }
-                cur = entry.anchor;
-            }
-            Value::Null
-        }
+        TExprKind::Field(_) | TExprKind::VarField { .. } => operand(e, ctx).into_owned(),
         TExprKind::VarAgg {
             func,
             var,
@@ -119,6 +94,34 @@ pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
     }
 }
 
+/// An operand, borrowed where it already exists (a field of the candidate or of a matched
+/// event, a constant, the key): comparisons, most of what conditions do, then copy nothing.
+fn operand<'a>(e: &'a TExpr, ctx: &Ctx<'a>) -> Cow<'a, Value> {
+    let found = match &e.kind {
+        TExprKind::Const(v) => Some(v),
+        TExprKind::Key => Some(ctx.key),
+        TExprKind::Field(i) => ctx.candidate.and_then(|ev| ev.fields.get(*i as usize)),
+        TExprKind::VarField { var, field } => var_field(*var, *field, ctx),
+        _ => return Cow::Owned(eval(e, ctx)),
+    };
+    found.map_or(Cow::Owned(Value::Null), Cow::Borrowed)
+}
+
+/// A field of the event a single-event step matched, found from the run's last entry.
+fn var_field<'a>(var: VarId, field: u16, ctx: &Ctx<'a>) -> Option<&'a Value> {
+    // VarField reads single-event steps only, so loop entries can be jumped over.
+    let buffer: &'a Buffer = ctx.buffer;
+    let mut cur = ctx.tail;
+    while cur != NIL {
+        let entry = buffer.entry(cur);
+        if !entry.in_loop && entry.var == var {
+            return entry.event.fields.get(field as usize);
+        }
+        cur = entry.anchor;
+    }
+    None
+}
+
 fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
     use BinaryOp::*;
     match op {
@@ -146,8 +149,8 @@ fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
             v => v,
         },
         Eq | Ne | Lt | Le | Gt | Ge => {
-            let l = eval(lhs, ctx);
-            let r = eval(rhs, ctx);
+            let l = operand(lhs, ctx);
+            let r = operand(rhs, ctx);
             match compare(&l, &r) {
                 None => Value::Bool(false),
                 Some(ord) => Value::Bool(match op {
@@ -165,8 +168,10 @@ fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
 }
 
 /// Orders two values of comparable types; `None` when either is null or they don't compare.
+#[inline]
 pub fn compare(l: &Value, r: &Value) -> Option<std::cmp::Ordering> {
     match (l, r) {
+        (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
         (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
         (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
             l.as_f64()?.partial_cmp(&r.as_f64()?)
@@ -224,7 +229,7 @@ fn arith(op: BinaryOp, l: Value, r: Value) -> Value {
             let mut s = String::with_capacity(a.len() + b.len());
             s.push_str(&a);
             s.push_str(&b);
-            Str(Arc::from(s))
+            Str(arcstr::ArcStr::from(s))
         }
         _ => Null,
     }

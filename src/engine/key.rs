@@ -1,5 +1,6 @@
 //! Keys: the values of a rule's key fields, hashable, as they index per-key state.
 
+use arcstr::ArcStr;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -96,14 +97,14 @@ impl KeyVal {
     /// The key as rules see it (`key`): the value, or the values joined by `/`.
     pub fn value(&self) -> Value {
         match self {
-            KeyVal::Global => Value::Str(Arc::from("")),
+            KeyVal::Global => Value::Str(ArcStr::from("")),
             KeyVal::One(v) => v.0.clone(),
             KeyVal::Many(vs) => {
                 let parts: Vec<String> = vs
                     .iter()
                     .map(|v| super::alert::display_value(&v.0))
                     .collect();
-                Value::Str(Arc::from(parts.join("/")))
+                Value::Str(ArcStr::from(parts.join("/")))
             }
         }
     }

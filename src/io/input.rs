@@ -1,7 +1,7 @@
 //! Recorded input for `tern replay` (product.md section 6): JSON Lines of events, MQTT
 //! captures or watermarks, or CSV with a header row.
 
-use std::sync::Arc;
+use arcstr::ArcStr;
 
 use serde_json::Value as Json;
 
@@ -180,7 +180,7 @@ fn convert(field: &str, ty: Ty, j: &Json) -> Result<Value, BadLine> {
         Ty::Int => Value::Int(j.as_i64().ok_or_else(|| wrong("an integer"))?),
         Ty::Float => Value::Float(j.as_f64().ok_or_else(|| wrong("a number"))?),
         Ty::Str => match j {
-            Json::String(s) => Value::Str(Arc::from(s.as_str())),
+            Json::String(s) => Value::Str(ArcStr::from(s.as_str())),
             _ => return Err(wrong("a string")),
         },
         Ty::Timestamp => Value::Timestamp(parse_time(field, j)?),
@@ -333,13 +333,11 @@ fn csv_cell(ty: Ty, cell: &str) -> Json {
 /// the schema's slot. It accepts only what it can decode exactly as the general path would;
 /// anything else (escapes, nesting, `$` keys, a wrong type, a number it does not parse the
 /// same way) gives `None`, and the general path decodes the line or explains the error.
-mod fast {
-    use std::sync::Arc;
-
+pub(crate) mod fast {
     use crate::compile::expr::ty_of;
     use crate::compile::hir::{StreamId, Ty};
     use crate::compile::schema::StreamSchema;
-    use crate::event::{Event, Value};
+    use crate::event::{Event, Nanos, Value, ValueRef};
 
     struct Scan<'a> {
         line: &'a str,
@@ -447,14 +445,78 @@ mod fast {
 
     /// The event, or `None` when the line needs the general path (which explains errors).
     pub fn decode(schema: &StreamSchema, stream: StreamId, line: &str) -> Option<Event> {
+        let mut values: Vec<Value> = Vec::with_capacity(schema.fields.len());
+        values.resize(schema.fields.len(), Value::Null);
+        scan(schema, line, u64::MAX, |i, v| {
+            if let Some(slot) = values.get_mut(i) {
+                *slot = v.to_value();
+            }
+        })?;
+        let time = match values.get(schema.time_field) {
+            Some(Value::Timestamp(t)) => *t,
+            _ => return None,
+        };
+        Some(Event {
+            stream: stream.0,
+            time,
+            fields: values.into_boxed_slice(),
+        })
+    }
+
+    /// What [`decode`] would give, reduced to the event time and the values of `fields`
+    /// (fed to `key`, in the order of `fields`), without building the event: `None` exactly
+    /// when `decode` gives `None`.
+    pub fn time_and_key<'a>(
+        schema: &StreamSchema,
+        line: &'a str,
+        fields: &[u16],
+        mut key: impl FnMut(ValueRef<'a>),
+    ) -> Option<Nanos> {
+        let mut time = None;
+        // Key values arrive in line order; they are fed in key order once all are known.
+        let mut found: [Option<ValueRef<'a>>; 4] = [None; 4];
+        if fields.len() > found.len() {
+            return None;
+        }
+        let mut wanted = 1u64 << schema.time_field.min(63);
+        for f in fields {
+            wanted |= 1u64 << (*f).min(63);
+        }
+        scan(schema, line, wanted, |i, v| {
+            if i == schema.time_field {
+                time = match v {
+                    ValueRef::Timestamp(t) => Some(t),
+                    _ => None,
+                };
+            }
+            for (k, f) in fields.iter().enumerate() {
+                if *f as usize == i {
+                    found[k] = Some(v);
+                }
+            }
+        })?;
+        for v in found.iter().take(fields.len()) {
+            key(v.unwrap_or(ValueRef::Null));
+        }
+        time
+    }
+
+    /// Reads one flat JSON object of `schema`'s fields, handing the value of each field in
+    /// `wanted` (bit i: field i) to `field`; the others are only checked. `None` when the
+    /// line needs the general path.
+    fn scan<'a>(
+        schema: &StreamSchema,
+        line: &'a str,
+        wanted: u64,
+        mut field: impl FnMut(usize, ValueRef<'a>),
+    ) -> Option<()> {
         let n = schema.fields.len();
-        // Bit i of `seen`: field i was present (wider schemas take the general path).
+        // Bit i of `seen`: field i was present, of `nulls`: it was null (wider schemas take
+        // the general path).
         if n > 64 {
             return None;
         }
-        let mut values: Vec<Value> = Vec::with_capacity(n);
-        values.resize(n, Value::Null);
-        let mut seen = 0u64;
+        let (mut seen, mut nulls) = (0u64, 0u64);
         let mut s = Scan {
             line,
             b: line.as_bytes(),
@@ -484,7 +546,19 @@ mod fast {
                 match idx {
                     Some(i) => {
                         let ty = ty_of(schema.fields[i].ty.base);
-                        values[i] = value(&mut s, ty)?;
+                        let null = if wanted & (1 << i) != 0 {
+                            let v = value(&mut s, ty)?;
+                            field(i, v);
+                            v == ValueRef::Null
+                        } else {
+                            check(&mut s, ty)?
+                        };
+                        // A repeated name: the last value wins, as in serde_json's map.
+                        if null {
+                            nulls |= 1 << i;
+                        } else {
+                            nulls &= !(1 << i);
+                        }
                         seen |= 1 << i;
                         guess = i + 1;
                     }
@@ -506,34 +580,26 @@ mod fast {
             return None;
         }
         for (i, f) in schema.fields.iter().enumerate() {
-            if !f.ty.nullable && (seen & (1 << i) == 0 || values[i].is_null()) {
+            if !f.ty.nullable && (seen & (1 << i) == 0 || nulls & (1 << i) != 0) {
                 return None;
             }
         }
-        let time = match values.get(schema.time_field) {
-            Some(Value::Timestamp(t)) => *t,
-            _ => return None,
-        };
-        Some(Event {
-            stream: stream.0,
-            time,
-            fields: values.into_boxed_slice(),
-        })
+        Some(())
     }
 
     /// One scalar converted to `ty`.
-    fn value(s: &mut Scan<'_>, ty: Ty) -> Option<Value> {
+    fn value<'a>(s: &mut Scan<'a>, ty: Ty) -> Option<ValueRef<'a>> {
         let c = s.peek()?;
         Some(match c {
             b'n' => {
                 s.literal(b"null")?;
-                Value::Null
+                ValueRef::Null
             }
             b't' | b'f' => {
                 let b = c == b't';
                 s.literal(if b { b"true" } else { b"false" })?;
                 match ty {
-                    Ty::Bool => Value::Bool(b),
+                    Ty::Bool => ValueRef::Bool(b),
                     _ => return None,
                 }
             }
@@ -541,8 +607,8 @@ mod fast {
                 s.i += 1;
                 let text = s.plain_str()?;
                 match ty {
-                    Ty::Str => Value::Str(Arc::from(text)),
-                    Ty::Timestamp => Value::Timestamp(super::parse_rfc3339(text)?),
+                    Ty::Str => ValueRef::Str(text),
+                    Ty::Timestamp => ValueRef::Timestamp(super::parse_rfc3339(text)?),
                     _ => return None,
                 }
             }
@@ -551,16 +617,38 @@ mod fast {
                 // serde_json reads `-0` as a float.
                 integer &= text != "-0";
                 match ty {
-                    Ty::Int if integer => Value::Int(text.parse().ok()?),
-                    Ty::Float => Value::Float(float(text, integer)?),
+                    Ty::Int if integer => ValueRef::Int(text.parse().ok()?),
+                    Ty::Float => ValueRef::Float(float(text, integer)?),
                     Ty::Timestamp if integer => {
-                        Value::Timestamp(text.parse::<i64>().ok()?.checked_mul(1_000_000)?)
+                        ValueRef::Timestamp(text.parse::<i64>().ok()?.checked_mul(1_000_000)?)
                     }
                     _ => return None,
                 }
             }
             _ => return None,
         })
+    }
+
+    /// Checks that [`value`] would accept the scalar, converting it only when that is the
+    /// only way to know (a number too long to be sure of, a timestamp text); true for null.
+    fn check(s: &mut Scan<'_>, ty: Ty) -> Option<bool> {
+        if !matches!(s.peek()?, b'-' | b'0'..=b'9') || !matches!(ty, Ty::Int | Ty::Float) {
+            return value(s, ty).map(|v| v == ValueRef::Null);
+        }
+        let start = s.i;
+        let (text, mut integer) = s.number()?;
+        integer &= text != "-0";
+        // At most 18 characters of digits fit an i64; a decimal of at most 16 characters
+        // without exponent is a finite f64. Longer ones are converted to find out.
+        let sure = match ty {
+            Ty::Int => integer && text.len() <= 18,
+            _ => text.len() <= 16 && !text.contains(['e', 'E']),
+        };
+        if !sure {
+            s.i = start;
+            value(s, ty)?;
+        }
+        Some(false)
     }
 
     /// Skips the scalar value of a field the schema does not have.
@@ -612,53 +700,60 @@ mod tests {
         event_from_json(program.stream(stream), stream, &|name| obj.get(name))
     }
 
+    /// Lines that exercise every way the scanner may accept, convert or defer.
+    const TRICKY: &[&str] = &[
+        r#"{"id":"a","ts":1709251200000,"x":55.7}"#,
+        r#" { "x" : -0.0 , "ts" : 5 , "id" : "b" , "n" : -3 , "ok" : true } "#,
+        r#"{"id":"a","ts":1,"x":-0}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":-0}"#,
+        r#"{"id":"a","ts":1,"x":12345678901234567890}"#,
+        r#"{"id":"a","ts":1,"x":123456789012345678901234567890}"#,
+        r#"{"id":"a","ts":1,"x":0.1000000000000000055511151231257827}"#,
+        r#"{"id":"a","ts":1,"x":2.5e-3}"#,
+        r#"{"id":"a","ts":1,"x":1e400}"#,
+        r#"{"id":"a","ts":1,"x":01}"#,
+        r#"{"id":"a","ts":1,"x":1.}"#,
+        r#"{"id":"a","ts":1,"x":.5}"#,
+        r#"{"id":"a","ts":1,"x":+1}"#,
+        r#"{"id":"a","ts":1,"x":"1"}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":1.5}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":9223372036854775808}"#,
+        r#"{"id":"a","ts":9223372036854775807,"x":1}"#,
+        r#"{"id":"a","ts":"2024-03-01T00:00:00.5Z","x":1}"#,
+        r#"{"id":"a","ts":"yesterday","x":1}"#,
+        r#"{"id":"a","ts":1.5,"x":1}"#,
+        r#"{"id":"a\"b","ts":1,"x":1}"#,
+        r#"{"id":"a\u00e9","ts":1,"x":1}"#,
+        r#"{"id":"åß","ts":1,"x":1}"#,
+        r#"{"id":null,"ts":1,"x":1}"#,
+        r#"{"ts":1,"x":1}"#,
+        r#"{"id":"a","ts":1,"x":1,"label":null}"#,
+        r#"{"id":"a","ts":1,"x":1,"extra":{"deep":[1,2]}}"#,
+        r#"{"id":"a","ts":1,"x":1,"extra":"tab	inside"}"#,
+        r#"{"id":"a","ts":1,"x":1,"extra":nul}"#,
+        r#"{"id":"a","ts":1,"x":1,"x":2}"#,
+        r#"{"id":"a","ts":1,"x":1,"x":null}"#,
+        r#"{"id":"a","ts":1,"x":1,}"#,
+        r#"{"id":"a","ts":1,"x":1} x"#,
+        r#"{"id":"a","ts":1,"x":1"#,
+        r#"{"id":"a","ts":1 "x":1}"#,
+        r#"{"$stream":"s","id":"a","ts":1,"x":1}"#,
+        r#"{"id":"a","ts":1,"x":1,"ok":"yes"}"#,
+        r#"{"id":7,"ts":1,"x":1}"#,
+        r#"[1,2]"#,
+        r#"{}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":999999999999999999}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":-999999999999999999}"#,
+        r#"{"id":"a","ts":1,"x":1234567890123456.5,"n":1e3}"#,
+        r#"{"id":"a","ts":1,"x":1,"n":null,"n":2}"#,
+    ];
+
     #[test]
     fn the_scanner_decodes_exactly_as_the_general_path_or_defers_to_it() {
         let program = program();
         let stream = program.stream_id("s").unwrap();
         let schema = program.stream(stream);
-        let lines = [
-            r#"{"id":"a","ts":1709251200000,"x":55.7}"#,
-            r#" { "x" : -0.0 , "ts" : 5 , "id" : "b" , "n" : -3 , "ok" : true } "#,
-            r#"{"id":"a","ts":1,"x":-0}"#,
-            r#"{"id":"a","ts":1,"x":1,"n":-0}"#,
-            r#"{"id":"a","ts":1,"x":12345678901234567890}"#,
-            r#"{"id":"a","ts":1,"x":123456789012345678901234567890}"#,
-            r#"{"id":"a","ts":1,"x":0.1000000000000000055511151231257827}"#,
-            r#"{"id":"a","ts":1,"x":2.5e-3}"#,
-            r#"{"id":"a","ts":1,"x":1e400}"#,
-            r#"{"id":"a","ts":1,"x":01}"#,
-            r#"{"id":"a","ts":1,"x":1.}"#,
-            r#"{"id":"a","ts":1,"x":.5}"#,
-            r#"{"id":"a","ts":1,"x":+1}"#,
-            r#"{"id":"a","ts":1,"x":"1"}"#,
-            r#"{"id":"a","ts":1,"x":1,"n":1.5}"#,
-            r#"{"id":"a","ts":1,"x":1,"n":9223372036854775808}"#,
-            r#"{"id":"a","ts":9223372036854775807,"x":1}"#,
-            r#"{"id":"a","ts":"2024-03-01T00:00:00.5Z","x":1}"#,
-            r#"{"id":"a","ts":"yesterday","x":1}"#,
-            r#"{"id":"a","ts":1.5,"x":1}"#,
-            r#"{"id":"a\"b","ts":1,"x":1}"#,
-            r#"{"id":"a\u00e9","ts":1,"x":1}"#,
-            r#"{"id":"åß","ts":1,"x":1}"#,
-            r#"{"id":null,"ts":1,"x":1}"#,
-            r#"{"ts":1,"x":1}"#,
-            r#"{"id":"a","ts":1,"x":1,"label":null}"#,
-            r#"{"id":"a","ts":1,"x":1,"extra":{"deep":[1,2]}}"#,
-            r#"{"id":"a","ts":1,"x":1,"extra":"tab	inside"}"#,
-            r#"{"id":"a","ts":1,"x":1,"extra":nul}"#,
-            r#"{"id":"a","ts":1,"x":1,"x":2}"#,
-            r#"{"id":"a","ts":1,"x":1,"x":null}"#,
-            r#"{"id":"a","ts":1,"x":1,}"#,
-            r#"{"id":"a","ts":1,"x":1} x"#,
-            r#"{"id":"a","ts":1,"x":1"#,
-            r#"{"id":"a","ts":1 "x":1}"#,
-            r#"{"$stream":"s","id":"a","ts":1,"x":1}"#,
-            r#"{"id":"a","ts":1,"x":1,"ok":"yes"}"#,
-            r#"{"id":7,"ts":1,"x":1}"#,
-            r#"[1,2]"#,
-            r#"{}"#,
-        ];
+        let lines = TRICKY;
         for line in lines {
             let want = general(&program, line);
             match fast::decode(schema, stream, line) {
@@ -675,6 +770,28 @@ mod tests {
         // The common shapes take the fast path.
         for line in &lines[..3] {
             assert!(fast::decode(schema, stream, line).is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn reading_only_time_and_key_accepts_exactly_what_decoding_accepts() {
+        let program = program();
+        let stream = program.stream_id("s").unwrap();
+        let schema = program.stream(stream);
+        // Key fields out of line order, one of them nullable.
+        let key = [3u16, 0];
+        for line in TRICKY {
+            let mut got = Vec::new();
+            let time = fast::time_and_key(schema, line, &key, |v| got.push(v.to_value()));
+            match fast::decode(schema, stream, line) {
+                Some(ev) => {
+                    assert_eq!(time, Some(ev.time), "{line}");
+                    let want: Vec<Value> =
+                        key.iter().map(|k| ev.fields[*k as usize].clone()).collect();
+                    assert_eq!(got, want, "{line}");
+                }
+                None => assert_eq!(time, None, "{line}"),
+            }
         }
     }
 

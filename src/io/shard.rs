@@ -18,16 +18,17 @@
 //! by the same key.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::compile::hir::{Program, StreamId};
+use crate::compile::schema::StreamSchema;
 use crate::engine::alert::Alert;
-use crate::engine::key::KeyVal;
 use crate::engine::{Engine, Late, Stats};
-use crate::event::{Event, Nanos};
+use crate::event::{Event, Nanos, Value, ValueRef};
+use crate::io::input::fast;
 
 /// Input records per epoch: one message per worker per epoch, so channels cost nothing per
 /// event.
@@ -95,12 +96,45 @@ impl Router {
     pub fn worker(&self, event: &Event) -> usize {
         match self.routes.get(event.stream as usize) {
             Some(Some(fields)) => {
-                let key = KeyVal::of(event, fields);
-                (self.hasher.hash_one(&key) % self.workers as u64) as usize
+                let mut h = self.hasher.build_hasher();
+                for f in fields {
+                    let v = event
+                        .fields
+                        .get(*f as usize)
+                        .map_or(ValueRef::Null, Value::borrowed);
+                    v.hash_into(&mut h);
+                }
+                self.pick(h.finish())
             }
             // Read by nothing keyed (or by nothing at all): any worker will do.
             _ => 0,
         }
+    }
+
+    /// The worker for the event a JSON line of `stream` holds, and its time, read without
+    /// building the event; `None` when the line needs full decoding (the general path).
+    fn worker_of_line(
+        &self,
+        schema: &StreamSchema,
+        stream: StreamId,
+        line: &str,
+    ) -> Option<(usize, Nanos)> {
+        let fields = match self.routes.get(stream.0 as usize) {
+            Some(Some(fields)) => fields.as_slice(),
+            _ => &[],
+        };
+        let mut h = self.hasher.build_hasher();
+        let time = fast::time_and_key(schema, line, fields, |v| v.hash_into(&mut h))?;
+        let w = if fields.is_empty() {
+            0
+        } else {
+            self.pick(h.finish())
+        };
+        Some((w, time))
+    }
+
+    fn pick(&self, hash: u64) -> usize {
+        (hash % self.workers as u64) as usize
     }
 }
 
@@ -157,25 +191,25 @@ impl Clock {
         wm.unwrap_or(Nanos::MIN).max(self.forced[g])
     }
 
-    /// Accepts an event's time, or says it is late.
-    fn push(&mut self, program: &Program, event: &Event) -> Result<(), Late> {
-        let s = event.stream as usize;
+    /// Accepts the time of an event of `stream`, or says it is late.
+    fn push(&mut self, program: &Program, stream: u32, time: Nanos) -> Result<(), Late> {
+        let s = stream as usize;
         let Some(&g) = self.group_of.get(s).filter(|g| **g != usize::MAX) else {
             return Err(Late {
-                stream: format!("#{}", event.stream),
-                time: event.time,
+                stream: format!("#{stream}"),
+                time,
                 watermark: Nanos::MAX,
             });
         };
         let watermark = self.watermark(s, g);
-        if event.time <= watermark {
+        if time <= watermark {
             return Err(Late {
-                stream: program.stream(StreamId(event.stream)).name.clone(),
-                time: event.time,
+                stream: program.stream(StreamId(stream)).name.clone(),
+                time,
                 watermark,
             });
         }
-        self.max_seen[s] = Some(self.max_seen[s].map_or(event.time, |m| m.max(event.time)));
+        self.max_seen[s] = Some(self.max_seen[s].map_or(time, |m| m.max(time)));
         self.now[g] = self.now[g].max(self.group_watermark(g));
         Ok(())
     }
@@ -234,8 +268,8 @@ pub struct Sharded {
     /// Alerts of the oldest outstanding epochs, gathered per worker.
     gathered: VecDeque<Vec<Option<Vec<Alert>>>>,
     late: u64,
-    /// Workers decode JSON lines themselves.
-    lines: bool,
+    /// Workers decode JSON lines of this default stream themselves.
+    lines: Option<Option<StreamId>>,
 }
 
 /// Counters of a sharded run.
@@ -249,7 +283,7 @@ pub struct ShardStats {
 
 impl Sharded {
     /// Starts one engine thread per worker of `router`. `lines` (JSON Lines input, with its
-    /// default stream) lets [`Sharded::push`] pass workers the line instead of the event.
+    /// default stream) lets [`Sharded::push_line`] pass workers lines instead of events.
     pub fn start(
         program: Arc<Program>,
         router: Router,
@@ -283,35 +317,54 @@ impl Sharded {
             epochs: 0,
             gathered: VecDeque::new(),
             late: 0,
-            lines: lines.is_some(),
+            lines,
         })
     }
 
+    /// Accepts a JSON line of the default stream (or rejects it as late, as one engine
+    /// would) without decoding it: the line is scanned for its time and key only, and the
+    /// worker owning the key decodes it, so decoding runs in parallel. `None`: the line is
+    /// not a plain event of the default stream (or the workers were not started for
+    /// lines); decode it and pass the event to [`Sharded::push`].
+    pub fn push_line(
+        &mut self,
+        line: &str,
+        out: &mut dyn FnMut(Alert),
+    ) -> anyhow::Result<Option<Result<(), Late>>> {
+        let Some(Some(stream)) = self.lines else {
+            return Ok(None);
+        };
+        let schema = self.program.stream(stream);
+        let Some((w, time)) = self.router.worker_of_line(schema, stream, line) else {
+            return Ok(None);
+        };
+        if let Err(late) = self.clock.push(&self.program, stream.0, time) {
+            self.late += 1;
+            return Ok(Some(Err(late)));
+        }
+        if let Some(worker) = self.workers.get_mut(w) {
+            let start = worker.text.len();
+            worker.text.push_str(line);
+            worker.pending.push(Item::Line(start, worker.text.len()));
+        }
+        self.tick(out)?;
+        Ok(Some(Ok(())))
+    }
+
     /// Accepts an event (or rejects it as late, as one engine would); alerts of completed
-    /// epochs go to `out`. With `line` (the JSON line the event was decoded from, when the
-    /// workers were started for lines), the worker gets the line and decodes it again:
-    /// glibc's allocator is slow when one thread allocates what another frees, and
-    /// decoding twice costs less than that.
+    /// epochs go to `out`.
     pub fn push(
         &mut self,
         event: Event,
-        line: Option<&str>,
         out: &mut dyn FnMut(Alert),
     ) -> anyhow::Result<Result<(), Late>> {
-        if let Err(late) = self.clock.push(&self.program, &event) {
+        if let Err(late) = self.clock.push(&self.program, event.stream, event.time) {
             self.late += 1;
             return Ok(Err(late));
         }
         let w = self.router.worker(&event);
         if let Some(worker) = self.workers.get_mut(w) {
-            match line {
-                Some(line) if self.lines => {
-                    let start = worker.text.len();
-                    worker.text.push_str(line);
-                    worker.pending.push(Item::Line(start, worker.text.len()));
-                }
-                _ => worker.pending.push(Item::Event(event)),
-            }
+            worker.pending.push(Item::Event(event));
         }
         self.tick(out)?;
         Ok(Ok(()))
@@ -452,7 +505,7 @@ fn work(
                 for item in items {
                     let event = match item {
                         Item::Event(e) => e,
-                        // The reader decoded this line already: it is an event.
+                        // The reader scanned this line with the same scanner: it is an event.
                         Item::Line(a, b) => match text.get(a..b).map(|l| reader.line(l)) {
                             Some(Ok(crate::io::input::Record::Event(e))) => e,
                             _ => continue,
