@@ -12,6 +12,10 @@ use tern::compile::{self, DEFAULT_SINKS};
 use tern::engine::Engine;
 use tern::io::input::{JsonReader, Record};
 
+// The allocator the `tern` binary runs with, so that figures compare.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Events decoded ahead of each timed stretch.
 const CHUNK: usize = 1024;
 

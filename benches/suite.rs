@@ -32,6 +32,10 @@ use tern::io::input::{JsonReader, Record};
 use tern::sim::rng::Dice;
 use tern::sim::workload::{self, Format, Workload};
 
+// The allocator the `tern` binary runs with, so that figures compare.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("suite: run with `cargo bench --bench suite` (skipped under cargo test)");
