@@ -68,11 +68,16 @@ pub mod cf {
 const FORMAT_KEY: &[u8] = b"format";
 const OUTBOX_NEXT_KEY: &[u8] = b"outbox_next";
 
+/// Above this many entries a trim deletes a range instead of each entry.
+const TRIM_POINTS: u64 = 65_536;
+
 /// An open state directory.
 pub struct Store {
     db: DB,
     path: PathBuf,
     sync: bool,
+    /// Every outbox entry before this has been deleted (the low-water mark of trims).
+    trimmed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,11 +137,13 @@ impl Store {
                 dir.display()
             )
         })?;
-        let store = Store {
+        let mut store = Store {
             db,
             path: dir.to_owned(),
             sync,
+            trimmed: Default::default(),
         };
+        *store.trimmed.get_mut() = store.outbox_first()?.unwrap_or(0);
         match store.get_u64(cf::META, FORMAT_KEY)? {
             None => store.put_meta(FORMAT_KEY, u64::from(FORMAT))?,
             Some(f) if f > u64::from(FORMAT) => bail!(
@@ -157,6 +164,7 @@ impl Store {
             db,
             path: dir.to_owned(),
             sync: false,
+            trimmed: Default::default(),
         })
     }
 
@@ -266,11 +274,42 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the outbox entries before `below` (every sink has passed them).
-    pub fn outbox_trim(&self, below: u64) -> anyhow::Result<()> {
+    /// The sequence number of the oldest outbox entry, if any.
+    fn outbox_first(&self) -> anyhow::Result<Option<u64>> {
         let cf = self.family(cf::OUTBOX)?;
-        self.db
-            .delete_range_cf(cf, 0u64.to_be_bytes(), below.to_be_bytes())?;
+        match self.db.iterator_cf(cf, IteratorMode::Start).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(k.as_ref().try_into().ok().map(u64::from_be_bytes))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the outbox entries before `below` (every sink has passed them).
+    ///
+    /// One point deletion per entry, from where the last trim stopped: a range deletion per
+    /// trim would be cheaper to write, but every outbox read then re-sorts all the range
+    /// tombstones in the memtable, which made the dispatchers the live pipeline's bottleneck.
+    pub fn outbox_trim(&self, below: u64) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let cf = self.family(cf::OUTBOX)?;
+        let from = self.trimmed.load(Ordering::Acquire);
+        if below <= from {
+            return Ok(());
+        }
+        if below - from > TRIM_POINTS {
+            // A long backlog gone at once (a sink back after an outage): one range.
+            self.db
+                .delete_range_cf(cf, from.to_be_bytes(), below.to_be_bytes())?;
+        } else {
+            let mut batch = WriteBatch::default();
+            for seq in from..below {
+                batch.delete_cf(cf, seq.to_be_bytes());
+            }
+            self.db.write(batch)?;
+        }
+        self.trimmed.fetch_max(below, Ordering::AcqRel);
         Ok(())
     }
 
@@ -489,6 +528,13 @@ mod tests {
         s.outbox_trim(3).unwrap();
         assert_eq!(s.outbox_read(0, 10).unwrap()[0].seq, 3);
         assert_eq!(s.outbox_len(0).unwrap(), 2);
+        s.outbox_trim(2).unwrap();
+        assert_eq!(s.outbox_len(0).unwrap(), 2, "a trim never goes back");
+        s.outbox_trim(4).unwrap();
+        assert_eq!(s.outbox_read(0, 10).unwrap()[0].seq, 4);
+        // A backlog too long for point deletions is trimmed as a range.
+        s.outbox_trim(5 + TRIM_POINTS).unwrap();
+        assert_eq!(s.outbox_len(0).unwrap(), 0);
     }
 
     #[test]
