@@ -1,5 +1,6 @@
-//! Keys sharded across worker threads: one reader decodes and routes each event by a hash of
-//! its key to one of N engines, each owning its keys (no lock on the per-event path).
+//! Keys sharded across worker threads: one reader reads each record's time and key and routes
+//! it by a hash of the key to one of N engines, each owning its keys (no lock on the per-event
+//! path). JSON lines are decoded by the worker that gets them, so decoding runs in parallel.
 //!
 //! Event time stays global. The reader keeps the newest event time of every stream, decides
 //! lateness exactly as one engine would, and at every batch boundary tells each worker how far
