@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{PROFILE_NO_LATENESS, Publisher, Tern, free_port, jsonl, run_refused, wait_until};
+use common::{Publisher, Tern, free_port, jsonl, profile_no_lateness, run_refused, wait_until};
 use serde_json::Value;
 
 const TOKEN_VAR: &str = "TERN_TEST_ADMIN_TOKEN";
@@ -52,7 +52,7 @@ fn reading(device: &str, seq: i64, value: f64) -> (String, Vec<u8>) {
 fn project(dir: &Path, mqtt: u16, admin: u16) -> PathBuf {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::create_dir_all(dir.join("devices")).unwrap();
-    std::fs::write(dir.join("devices/sensor.toml"), PROFILE_NO_LATENESS).unwrap();
+    std::fs::write(dir.join("devices/sensor.toml"), profile_no_lateness()).unwrap();
     std::fs::write(dir.join("rules/high.tern"), high("100.0")).unwrap();
     std::fs::write(dir.join("rules/pair.tern"), PAIR).unwrap();
     let config = format!(

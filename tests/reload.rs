@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mosquitto, PROFILE_NO_LATENESS, Publisher, Tern, free_port, jsonl, wait_until};
+use common::{Mosquitto, Publisher, Tern, free_port, jsonl, profile_no_lateness, wait_until};
 
 const TEMP_PROFILE: &str = r#"
 stream = "temp"
@@ -81,7 +81,7 @@ fn tick(seq: i64) -> (String, Vec<u8>) {
 fn project(dir: &Path, port: u16, watch: bool) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::create_dir_all(dir.join("devices")).unwrap();
-    std::fs::write(dir.join("devices/sensor.toml"), PROFILE_NO_LATENESS).unwrap();
+    std::fs::write(dir.join("devices/sensor.toml"), profile_no_lateness()).unwrap();
     std::fs::write(dir.join("rules/pair.tern"), PAIR).unwrap();
     std::fs::write(dir.join("rules/high.tern"), high("100.0")).unwrap();
     let config = format!(

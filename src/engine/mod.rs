@@ -137,20 +137,22 @@ impl Reorder {
         }
     }
 
-    /// The time of the next event to release.
-    fn next_time(&self) -> Option<Nanos> {
+    /// The next event to release, and whether it heads the in-order queue.
+    fn next(&self) -> Option<(&Buffered, bool)> {
         match (self.in_order.front(), self.out_of_order.peek()) {
-            (Some(a), Some(Reverse(b))) => Some(a.time.min(b.time)),
-            (a, b) => a.map(|a| a.time).or(b.map(|Reverse(b)| b.time)),
+            (Some(a), Some(Reverse(b))) if b < a => Some((b, false)),
+            (Some(a), _) => Some((a, true)),
+            (None, b) => b.map(|Reverse(b)| (b, false)),
         }
     }
 
+    /// The time of the next event to release.
+    fn next_time(&self) -> Option<Nanos> {
+        self.next().map(|(b, _)| b.time)
+    }
+
     fn pop(&mut self) -> Option<Buffered> {
-        let from_queue = match (self.in_order.front(), self.out_of_order.peek()) {
-            (Some(a), Some(Reverse(b))) => a <= b,
-            (a, _) => a.is_some(),
-        };
-        if from_queue {
+        if self.next()?.1 {
             self.in_order.pop_front()
         } else {
             self.out_of_order.pop().map(|Reverse(b)| b)

@@ -40,6 +40,24 @@ pub struct Run {
     pub absence: bool,
 }
 
+impl Run {
+    /// The run every event tries to start from: in the first state, nothing taken yet.
+    fn starting(seq: u64, time: Nanos) -> Run {
+        Run {
+            state: 0,
+            alive: u64::MAX,
+            fresh: false,
+            start_seq: seq,
+            start_time: time,
+            last_time: time,
+            tail: NIL,
+            id: 0,
+            completed: false,
+            absence: false,
+        }
+    }
+}
+
 /// Why an output was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FoundKind {
@@ -128,18 +146,7 @@ impl KeyState {
     /// holds nothing leaves the key holding nothing.
     pub fn may_start(nfa: &Nfa, event: &Event, key: &Value) -> bool {
         let empty = KeyState::default();
-        let start_run = Run {
-            state: 0,
-            alive: u64::MAX,
-            fresh: false,
-            start_seq: 0,
-            start_time: event.time,
-            last_time: event.time,
-            tail: NIL,
-            id: 0,
-            completed: false,
-            absence: false,
-        };
+        let start_run = Run::starting(0, event.time);
         empty.matching_waits(nfa, &start_run, event, key, true).all != 0
     }
 
@@ -191,18 +198,7 @@ impl KeyState {
             }
         }
         // Every event may start a match (§3).
-        let start_run = Run {
-            state: 0,
-            alive: u64::MAX,
-            fresh: false,
-            start_seq: seq,
-            start_time: event.time,
-            last_time: event.time,
-            tail: NIL,
-            id: 0,
-            completed: false,
-            absence: false,
-        };
+        let start_run = Run::starting(seq, event.time);
         let matched = self.matching_waits(nfa, &start_run, event, key, true);
         for i in bits(matched.taken) {
             let wait = &nfa.states[0].waits[i];

@@ -418,17 +418,11 @@ value = "float"
 
 /// [`PROFILE`] without lateness: each reading reaches the rules as it arrives (released by
 /// the next one), and an older one is late.
-pub const PROFILE_NO_LATENESS: &str = r#"
-stream = "reading"
-topic = "sensors/{device}/reading"
-time = "ts"
-key = "device"
-lateness = "0s"
-[fields]
-ts = { type = "timestamp", format = "epoch_ms" }
-seq = "int"
-value = "float"
-"#;
+pub fn profile_no_lateness() -> String {
+    let (with, without) = ("lateness = \"1h\"", "lateness = \"0s\"");
+    assert!(PROFILE.contains(with), "PROFILE no longer sets {with}");
+    PROFILE.replace(with, without)
+}
 
 /// Runs `tern run --config CONFIG` in `dir` expecting it to refuse to start: its exit code
 /// and stderr.
