@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+use thin_vec::ThinVec;
+
 use crate::compile::hir::VarId;
 use crate::event::Event;
 
@@ -31,11 +34,13 @@ pub struct Entry {
     refs: u32,
 }
 
-/// All entries of one key.
+/// All entries of one key. Most keys hold one entry at a time: it lives inline (in the key's
+/// state, with no allocation of its own), and the free list, rarely used, is one pointer wide.
+/// Both serialize as the vectors they replaced, so the stored format is unchanged.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Buffer {
-    entries: Vec<Entry>,
-    free: Vec<u32>,
+    entries: SmallVec<[Entry; 1]>,
+    free: ThinVec<u32>,
 }
 
 impl Buffer {
@@ -71,10 +76,6 @@ impl Buffer {
                 i
             }
             None => {
-                // Small buffers (most keys) grow one slot at a time; large ones double.
-                if self.entries.len() == self.entries.capacity() && self.entries.len() < 8 {
-                    self.entries.reserve_exact(1);
-                }
                 self.entries.push(entry);
                 (self.entries.len() - 1) as u32
             }
@@ -106,15 +107,15 @@ impl Buffer {
             // reuse the slot instead of freeing and allocating it; the free list (cold memory
             // of its own) is not needed for an empty buffer.
             self.entries.clear();
-            self.free = Vec::new();
+            self.free = ThinVec::new();
         }
     }
 
     /// Gives the memory back when nothing is live, so an idle key costs nothing.
     pub fn trim(&mut self) {
-        if self.free.len() == self.entries.len() && self.entries.capacity() > 0 {
-            self.entries = Vec::new();
-            self.free = Vec::new();
+        if self.free.len() == self.entries.len() && self.entries.spilled() {
+            self.entries = SmallVec::new();
+            self.free = ThinVec::new();
         }
     }
 
@@ -140,9 +141,20 @@ impl Buffer {
         self.entries.len() - self.free.len()
     }
 
-    /// Bytes held (approximate: entries and their slot vectors, not the shared events).
+    /// Heap bytes held beyond the inline entry (approximate: entries and their free list, not
+    /// the shared events).
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + self.free.capacity() * 4
+        let entries = if self.entries.spilled() {
+            self.entries.capacity() * std::mem::size_of::<Entry>()
+        } else {
+            0
+        };
+        let free = if self.free.capacity() > 0 {
+            16 + self.free.capacity() * 4
+        } else {
+            0
+        };
+        entries + free
     }
 }
 

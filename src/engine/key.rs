@@ -71,8 +71,9 @@ pub enum KeyVal {
     Global,
     /// One key field.
     One(HashValue),
-    /// Several key fields, in the order of the key clause.
-    Many(Arc<[HashValue]>),
+    /// Several key fields, in the order of the key clause (behind a thin pointer, so a key
+    /// is 16 bytes: it is in every map bucket and timer).
+    Many(Arc<Vec<HashValue>>),
 }
 
 impl KeyVal {
@@ -90,7 +91,7 @@ impl KeyVal {
         match fields {
             [] => KeyVal::Global,
             [one] => KeyVal::One(get(one)),
-            many => KeyVal::Many(many.iter().map(get).collect()),
+            many => KeyVal::Many(Arc::new(many.iter().map(get).collect())),
         }
     }
 
@@ -143,7 +144,7 @@ impl KeyVal {
         match self {
             KeyVal::Global => 0,
             KeyVal::One(v) => one(v),
-            KeyVal::Many(vs) => vs.iter().map(one).sum::<usize>() + vs.len() * 24,
+            KeyVal::Many(vs) => vs.iter().map(one).sum::<usize>() + 16 + 24 + vs.capacity() * 16,
         }
     }
 }

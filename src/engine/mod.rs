@@ -103,7 +103,21 @@ impl Ord for Timer {
 
 struct Slot {
     state: KeyState,
-    scheduled: Option<Nanos>,
+    /// The deadline of the key's timer in the heap, or [`UNSCHEDULED`].
+    scheduled: Nanos,
+}
+
+/// No timer for the key (a sentinel rather than an `Option`, to keep the key's state small:
+/// deadlines are never this early).
+const UNSCHEDULED: Nanos = Nanos::MIN;
+
+impl Slot {
+    fn new(state: KeyState) -> Box<Slot> {
+        Box::new(Slot {
+            state,
+            scheduled: UNSCHEDULED,
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -172,6 +186,42 @@ impl Held {
         match self {
             Held::Owned(e) => e,
             Held::Shared(e) => e,
+        }
+    }
+
+    /// Makes the event's key fields share the strings of `key`, the equal key stored in a
+    /// rule's map. An event that a key keeps then holds no string of its own: it costs less,
+    /// and freeing it later touches only the key's string, which the key's lookup has just
+    /// read, instead of a cold one.
+    fn adopt_key(&mut self, key: &KeyVal, fields: &[u16]) {
+        let event = match self {
+            Held::Owned(e) => e,
+            Held::Shared(e) => match Arc::get_mut(e) {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        let mut adopt = |field: u16, value: &Value| {
+            if let (Some(Value::Str(mine)), Value::Str(stored)) =
+                (event.fields.get_mut(field as usize), value)
+                && !arcstr::ArcStr::ptr_eq(mine, stored)
+                && mine == stored
+            {
+                *mine = stored.clone();
+            }
+        };
+        match key {
+            KeyVal::Global => {}
+            KeyVal::One(v) => {
+                if let [field] = fields {
+                    adopt(*field, &v.0);
+                }
+            }
+            KeyVal::Many(vs) => {
+                for (field, v) in fields.iter().zip(vs.iter()) {
+                    adopt(*field, &v.0);
+                }
+            }
         }
     }
 
@@ -475,13 +525,13 @@ impl Group {
         let Some(slot) = rt.keys.get_mut(key) else {
             return;
         };
-        if slot.scheduled != Some(now) {
+        if slot.scheduled != now {
             return; // superseded by an earlier timer of the same key, which already fired
         }
         // Deadlines only move later as events arrive, and a key is not rescheduled for that:
         // the old timer fires, finds nothing due, and sets the next one (one heap entry per
         // key instead of one per event).
-        slot.scheduled = None;
+        slot.scheduled = UNSCHEDULED;
         let before = slot.state.runs.len() as u64;
         self.found.clear();
         if let Some(t) = self.trace.as_deref_mut() {
@@ -545,16 +595,16 @@ impl Group {
         // sequence numbers restart with the key anyway), so it is neither created nor
         // dropped. A trace records every event, so it takes the full path.
         let slot = match rt.keys.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Occupied(o) => {
+                held.adopt_key(o.key(), fields);
+                o.into_mut()
+            }
             std::collections::hash_map::Entry::Vacant(v) => {
                 if self.trace.is_none() && !KeyState::may_start(&rt.nfa, event, &key_value) {
                     return;
                 }
                 self.stats.keys += 1;
-                v.insert(Box::new(Slot {
-                    state: KeyState::default(),
-                    scheduled: None,
-                }))
+                v.insert(Slot::new(KeyState::default()))
             }
         };
         let event = &held.shared();
@@ -613,16 +663,22 @@ impl Group {
             .map(|r| r.keys.iter().map(|(k, s)| (k, &s.state)).collect())
     }
 
-    /// Approximate bytes of per-key state held, over all rules (keys, runs, buffers; the
-    /// events themselves are shared and counted once per entry).
+    /// Approximate bytes of per-key state held, over all rules (keys, runs, buffers, timers;
+    /// the events themselves are shared and counted once per key).
     pub fn state_bytes(&self) -> usize {
         let mut total = 0;
         for r in &self.rules {
             total += r.keys.capacity() * (std::mem::size_of::<KeyVal>() + 8 + 1)
                 + r.keys.len() * std::mem::size_of::<Slot>();
+            total += r.timers.capacity() * std::mem::size_of::<Reverse<Timer>>();
             for (k, slot) in &r.keys {
                 total += k.heap_bytes();
-                total += slot.state.runs.capacity() * std::mem::size_of::<run::Run>();
+                if slot.state.runs.spilled() {
+                    total += slot.state.runs.capacity() * std::mem::size_of::<run::Run>();
+                }
+                if slot.state.pending.capacity() > 0 {
+                    total += 16 + slot.state.pending.capacity() * std::mem::size_of::<Found>();
+                }
                 total += slot.state.buffer.heap_bytes();
                 let mut seen = std::collections::HashSet::new();
                 for run in &slot.state.runs {
@@ -1099,13 +1155,7 @@ impl Engine {
         out.runs += rec.state.runs.len() as u64;
         group.stats.keys += 1;
         group.stats.runs += rec.state.runs.len() as u64;
-        rt.keys.insert(
-            key.clone(),
-            Box::new(Slot {
-                state: rec.state,
-                scheduled: None,
-            }),
-        );
+        rt.keys.insert(key.clone(), Slot::new(rec.state));
         reschedule(rt, &key, &mut group.stats);
         true
     }
@@ -1173,9 +1223,9 @@ fn schedule(
         return true;
     }
     if let Some(d) = slot.state.next_deadline(nfa)
-        && slot.scheduled.is_none_or(|s| d < s)
+        && (slot.scheduled == UNSCHEDULED || d < slot.scheduled)
     {
-        slot.scheduled = Some(d);
+        slot.scheduled = d;
         *timer_seq += 1;
         timers.push(Reverse(Timer {
             deadline: d,
@@ -1201,6 +1251,33 @@ fn reschedule(rt: &mut RuleRuntime, key: &KeyVal, stats: &mut Stats) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn a_key_holding_one_run_and_one_entry_is_one_small_allocation() {
+        // The layout the memory figures in docs/performance.md rest on: the run and the entry
+        // inline in the key's state, and keys (in every map bucket and timer) 16 bytes.
+        let mut state = KeyState::default();
+        state.runs.push(run::Run {
+            state: 1,
+            alive: 1,
+            fresh: true,
+            start_seq: 0,
+            start_time: 0,
+            last_time: 0,
+            tail: buffer::NIL,
+            id: 0,
+            completed: false,
+            absence: false,
+        });
+        assert!(!state.runs.spilled(), "the first run is inline");
+        assert_eq!(std::mem::size_of::<KeyVal>(), 16);
+        assert_eq!(std::mem::size_of::<Reverse<Timer>>(), 32);
+        assert!(
+            std::mem::size_of::<Slot>() <= 144,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
 
     #[test]
     fn the_reorder_buffer_releases_by_time_then_arrival_whatever_the_input_order() {

@@ -167,6 +167,101 @@ mod tests {
 
     use super::*;
 
+    /// Key states and keys as they were stored before their containers became inline and thin
+    /// (format 2): plain vectors and slices.
+    mod format2 {
+        use crate::engine::buffer::Entry;
+        use crate::engine::key::HashValue;
+        use crate::engine::run::{Found, Run};
+
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Buffer {
+            pub entries: Vec<Entry>,
+            pub free: Vec<u32>,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct KeyState {
+            pub buffer: Buffer,
+            pub runs: Vec<Run>,
+            pub pending: Vec<Found>,
+            pub next_seq: u64,
+            pub next_run: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub enum KeyVal {
+            Global,
+            One(HashValue),
+            Many(std::sync::Arc<[HashValue]>),
+        }
+    }
+
+    #[test]
+    fn key_states_and_keys_are_stored_as_before_their_layout_changed() {
+        use crate::compile::hir::VarId;
+        use crate::engine::buffer::NIL;
+        use crate::engine::key::HashValue;
+        use crate::engine::run::{Found, FoundKind, Run};
+        use crate::event::Event;
+        use std::sync::Arc;
+
+        let mut state = KeyState::default();
+        let ev = |t| {
+            Arc::new(Event {
+                stream: 0,
+                time: t,
+                fields: Box::new([Value::Str("cam-1".into()), Value::Float(2.5)]),
+            })
+        };
+        let a = state.buffer.push(ev(1), 1, VarId(0), false, NIL);
+        let b = state.buffer.push(ev(2), 2, VarId(1), true, a);
+        let c = state.buffer.push(ev(3), 3, VarId(1), true, a);
+        state.buffer.release(b);
+        for (i, tail) in [a, c].into_iter().enumerate() {
+            state.runs.push(Run {
+                state: 1 + i as u32,
+                alive: 3,
+                fresh: i == 0,
+                start_seq: 1,
+                start_time: 1,
+                last_time: 3,
+                tail,
+                id: i as u64,
+                completed: false,
+                absence: i == 1,
+            });
+        }
+        state.pending.push(Found {
+            kind: FoundKind::Match,
+            time: 3,
+            tail: c,
+            start_seq: 1,
+            last_seq: 3,
+            id: 7,
+        });
+        state.next_seq = 4;
+        state.next_run = 2;
+        let now = postcard::to_allocvec(&state).unwrap();
+        let old: format2::KeyState = postcard::from_bytes(&now).unwrap();
+        assert_eq!(old.runs.len(), 2);
+        assert_eq!(old.buffer.free, vec![b]);
+        assert_eq!(postcard::to_allocvec(&old).unwrap(), now);
+        let back: KeyState = postcard::from_bytes(&now).unwrap();
+        assert_eq!(postcard::to_allocvec(&back).unwrap(), now);
+
+        let parts = vec![
+            HashValue(Value::Str("line-3".into())),
+            HashValue(Value::Int(4)),
+        ];
+        let key = KeyVal::Many(Arc::new(parts.clone()));
+        let old = format2::KeyVal::Many(parts.into());
+        assert_eq!(key_bytes(&key), postcard::to_allocvec(&old).unwrap());
+        let one = format2::KeyVal::One(HashValue(Value::Str("cam-1".into())));
+        let bytes = postcard::to_allocvec(&one).unwrap();
+        let read: KeyVal = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(read, KeyVal::One(HashValue(Value::Str("cam-1".into()))));
+        let _ = format2::KeyVal::Global;
+    }
+
     #[test]
     fn keys_round_trip_and_sort_by_time() {
         let k = named_key(b'r', "flow", &buffered_suffix(-5, 7));

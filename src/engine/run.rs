@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+use thin_vec::ThinVec;
+
 use crate::compile::hir::{LoopMode, Skip, VarId};
 use crate::compile::nfa::{Completion, Guard, Nfa, StateId};
 use crate::event::{Event, Nanos, Value};
@@ -85,15 +88,18 @@ pub struct Found {
     pub id: u64,
 }
 
-/// Everything one key holds for one rule.
+/// Everything one key holds for one rule. Laid out for the common key, which holds one run
+/// and one entry: both are inline, so the key is one allocation; the list of held-back
+/// matches, rarely used, is one pointer wide. The containers serialize as the vectors they
+/// replaced, so the stored format is unchanged.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyState {
     /// Matched events, shared between runs.
     pub buffer: Buffer,
     /// Partial matches.
-    pub runs: Vec<Run>,
+    pub runs: SmallVec<[Run; 1]>,
     /// Completed matches held back until earlier-started runs are decided (§5).
-    pub pending: Vec<Found>,
+    pub pending: ThinVec<Found>,
     /// Sequence number of the next event.
     pub next_seq: u64,
     /// Next run id.
@@ -220,11 +226,9 @@ impl KeyState {
         scratch.created = created;
         // The key keeps its own vector (sized by its own history, not by the busiest key's)
         // and the scratch vector goes back to the pool for the next key.
-        // Most keys hold one or two runs: size the vector exactly rather than by doubling.
-        runs.reserve_exact(survivors.len());
-        runs.append(&mut survivors);
-        if runs.capacity() > 4 * runs.len().max(1) {
-            runs.shrink_to(2 * runs.len());
+        runs.extend(survivors.drain(..));
+        if runs.spilled() && runs.capacity() > 4 * runs.len().max(1) {
+            runs.shrink_to_fit();
         }
         self.runs = runs;
         scratch.runs = survivors;
