@@ -443,11 +443,22 @@ impl Group {
         self.release(time, out);
     }
 
-    /// Releases buffered events with time `<= up_to` in order, firing timers between them.
+    /// Releases buffered events with time `<= up_to + 1 ns` in order, firing timers between
+    /// them. Time stays at `up_to`.
+    ///
+    /// Why one instant past the watermark: an event arriving from now on has a time after
+    /// the watermark (or it is late), so the buffered events at exactly `up_to + 1` already
+    /// come before it in (time, arrival) order, and so do deadlines at that instant (which
+    /// fire before events of their time). Nothing can overtake them, and they need not wait
+    /// for a later time to be seen: with no `lateness`, an event at the newest time is fed at
+    /// once instead of when the next instant arrives (a fleet sending thousands of readings
+    /// per timestamp otherwise keeps them all waiting, cold in memory). What the rules see,
+    /// and in what order, is unchanged.
     fn release(&mut self, up_to: Nanos, out: &mut dyn FnMut(Alert)) {
+        let limit = up_to.saturating_add(1);
         loop {
-            let next_event = self.reorder.next_time().filter(|t| *t <= up_to);
-            let next_timer = self.next_timer().filter(|t| *t <= up_to);
+            let next_event = self.reorder.next_time().filter(|t| *t <= limit);
+            let next_timer = self.next_timer().filter(|t| *t <= limit);
             match (next_timer, next_event) {
                 (Some(t), Some(e)) if t <= e => self.fire_timers(t, out),
                 (Some(t), None) => self.fire_timers(t, out),

@@ -379,26 +379,39 @@ pub(crate) mod fast {
             }
         }
 
-        /// A JSON number's text, checked against the JSON grammar; also whether it is an
-        /// integer (no fraction, no exponent).
-        fn number(&mut self) -> Option<(&'a str, bool)> {
+        /// A JSON number, checked against the JSON grammar, with its digits read on the way.
+        fn number(&mut self) -> Option<Number<'a>> {
             let start = self.i;
-            self.eat(b'-');
+            let negative = self.eat(b'-').is_some();
+            let mut n = Number {
+                text: "",
+                integer: true,
+                negative,
+                mantissa: 0,
+                digits: 0,
+                scale: 0,
+                exponent: false,
+            };
             match self.peek()? {
-                b'0' => self.i += 1,
-                b'1'..=b'9' => self.digits(),
+                b'0' => {
+                    self.i += 1;
+                    n.digits = 1;
+                }
+                b'1'..=b'9' => self.digits(&mut n),
                 _ => return None,
             }
-            let mut integer = true;
             if self.eat(b'.').is_some() {
-                integer = false;
+                n.integer = false;
                 if !self.peek()?.is_ascii_digit() {
                     return None;
                 }
-                self.digits();
+                let before = n.digits;
+                self.digits(&mut n);
+                n.scale = n.digits - before;
             }
             if matches!(self.peek(), Some(b'e' | b'E')) {
-                integer = false;
+                n.integer = false;
+                n.exponent = true;
                 self.i += 1;
                 if matches!(self.peek(), Some(b'+' | b'-')) {
                     self.i += 1;
@@ -406,15 +419,43 @@ pub(crate) mod fast {
                 if !self.peek()?.is_ascii_digit() {
                     return None;
                 }
-                self.digits();
+                while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                    self.i += 1;
+                }
             }
-            Some((self.line.get(start..self.i)?, integer))
+            n.text = self.line.get(start..self.i)?;
+            // serde_json reads `-0` as a float.
+            n.integer &= !(negative && n.digits == 1 && n.mantissa == 0);
+            Some(n)
         }
 
-        fn digits(&mut self) {
-            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+        /// Digits, accumulated into the mantissa (which wraps past 19 digits; `digits` then
+        /// says it cannot be used).
+        fn digits(&mut self, n: &mut Number<'_>) {
+            let start = self.i;
+            let mut m = n.mantissa;
+            for &c in &self.b[start.min(self.b.len())..] {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                m = m.wrapping_mul(10).wrapping_add(u64::from(d));
                 self.i += 1;
             }
+            n.mantissa = m;
+            n.digits += (self.i - start) as u32;
+        }
+
+        /// Takes `"name"` (the opening quote already taken) when the text here is exactly
+        /// that name: the usual case, fields in schema order, without a search.
+        fn name_is(&mut self, name: &str) -> bool {
+            let end = self.i + name.len();
+            let hit =
+                self.b.get(self.i..end) == Some(name.as_bytes()) && self.b.get(end) == Some(&b'"');
+            if hit {
+                self.i = end + 1;
+            }
+            hit
         }
 
         fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -423,58 +464,60 @@ pub(crate) mod fast {
         }
     }
 
-    /// A float as serde_json reads it. Short decimals (at most 15 significant digits, no
-    /// exponent) are exact in both serde_json's and the standard parser, which is faster;
-    /// longer ones go through serde_json itself, whose rounding may differ in the last bit.
-    fn float(text: &str, integer: bool) -> Option<f64> {
-        if integer {
-            // serde_json reads an integer as i64 (or u64) and converts.
-            return match text.parse::<i64>() {
-                Ok(i) => Some(i as f64),
-                Err(_) => text.parse::<u64>().ok().map(|u| u as f64),
-            };
-        }
-        let short = text.len() <= 16 && !text.contains(['e', 'E']);
-        let f = if short {
-            match decimal(text) {
-                Some(f) => f,
-                None => text.parse::<f64>().ok()?,
-            }
-        } else {
-            serde_json::from_str::<f64>(text).ok()?
-        };
-        f.is_finite().then_some(f)
+    /// A number as the scanner read it: its text, and its digits as an integer mantissa.
+    struct Number<'a> {
+        text: &'a str,
+        /// No fraction, no exponent, and not `-0`.
+        integer: bool,
+        negative: bool,
+        /// The digits (before and after the point) as one integer, if `digits` <= 19.
+        mantissa: u64,
+        /// Digits before and after the point, leading zeros included.
+        digits: u32,
+        /// Digits after the point.
+        scale: u32,
+        exponent: bool,
     }
 
-    /// A short plain decimal (`-12.75`: at most 15 digits, no exponent) as digits over a power
-    /// of ten. Both are exact in an f64 and one division rounds correctly, so this is the
-    /// value every correct parser gives, without their general machinery.
-    fn decimal(text: &str) -> Option<f64> {
-        const POW10: [f64; 16] = [
-            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-        ];
-        let (negative, body) = match text.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let (mut digits, mut scale, mut dot) = (0u64, 0usize, false);
-        let mut count = 0usize;
-        for c in body.bytes() {
-            match c {
-                b'0'..=b'9' => {
-                    digits = digits * 10 + u64::from(c - b'0');
-                    count += 1;
-                    scale += usize::from(dot);
-                }
-                b'.' if !dot => dot = true,
-                _ => return None,
+    impl Number<'_> {
+        /// The integer, when it has at most 18 digits (so that it fits an i64); longer ones are
+        /// parsed from the text.
+        fn int(&self) -> Option<i64> {
+            if !self.integer {
+                return None;
             }
+            if self.digits <= 18 {
+                let m = self.mantissa as i64;
+                return Some(if self.negative { -m } else { m });
+            }
+            self.text.parse().ok()
         }
-        if count == 0 || count > 15 {
-            return None;
+
+        /// The number as serde_json reads it into an f64. Short decimals (at most 15 digits,
+        /// no exponent) are digits over a power of ten: both are exact in an f64 and one
+        /// division rounds correctly, so this is the value every correct parser gives, without
+        /// their general machinery. Longer ones go through serde_json itself, whose rounding
+        /// may differ from the standard parser's in the last bit.
+        fn float(&self) -> Option<f64> {
+            const POW10: [f64; 16] = [
+                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                1e15,
+            ];
+            if self.integer {
+                // serde_json reads an integer as i64 (or u64) and converts.
+                return match self.int() {
+                    Some(i) => Some(i as f64),
+                    None => self.text.parse::<u64>().ok().map(|u| u as f64),
+                };
+            }
+            let f = if !self.exponent && self.digits <= 15 {
+                let f = self.mantissa as f64 / POW10[self.scale as usize];
+                if self.negative { -f } else { f }
+            } else {
+                serde_json::from_str::<f64>(self.text).ok()?
+            };
+            f.is_finite().then_some(f)
         }
-        let f = digits as f64 / POW10[scale];
-        Some(if negative { -f } else { f })
     }
 
     /// The event, or `None` when the line needs the general path (which explains errors).
@@ -565,13 +608,13 @@ pub(crate) mod fast {
             loop {
                 s.ws();
                 s.eat(b'"')?;
-                let name = s.plain_str()?;
-                if name.starts_with('$') {
-                    return None;
-                }
-                let idx = if schema.fields.get(guess).is_some_and(|f| f.name == name) {
+                let idx = if schema.fields.get(guess).is_some_and(|f| s.name_is(&f.name)) {
                     Some(guess)
                 } else {
+                    let name = s.plain_str()?;
+                    if name.starts_with('$') {
+                        return None;
+                    }
                     schema.fields.iter().position(|f| f.name == name)
                 };
                 s.ws();
@@ -647,15 +690,11 @@ pub(crate) mod fast {
                 }
             }
             b'-' | b'0'..=b'9' => {
-                let (text, mut integer) = s.number()?;
-                // serde_json reads `-0` as a float.
-                integer &= text != "-0";
+                let n = s.number()?;
                 match ty {
-                    Ty::Int if integer => ValueRef::Int(text.parse().ok()?),
-                    Ty::Float => ValueRef::Float(float(text, integer)?),
-                    Ty::Timestamp if integer => {
-                        ValueRef::Timestamp(text.parse::<i64>().ok()?.checked_mul(1_000_000)?)
-                    }
+                    Ty::Int => ValueRef::Int(n.int()?),
+                    Ty::Float => ValueRef::Float(n.float()?),
+                    Ty::Timestamp => ValueRef::Timestamp(n.int()?.checked_mul(1_000_000)?),
                     _ => return None,
                 }
             }
@@ -670,13 +709,12 @@ pub(crate) mod fast {
             return value(s, ty).map(|v| v == ValueRef::Null);
         }
         let start = s.i;
-        let (text, mut integer) = s.number()?;
-        integer &= text != "-0";
-        // At most 18 characters of digits fit an i64; a decimal of at most 16 characters
-        // without exponent is a finite f64. Longer ones are converted to find out.
+        let n = s.number()?;
+        // At most 18 digits fit an i64; a decimal of at most 16 characters without exponent
+        // is a finite f64. Longer ones are converted to find out.
         let sure = match ty {
-            Ty::Int => integer && text.len() <= 18,
-            _ => text.len() <= 16 && !text.contains(['e', 'E']),
+            Ty::Int => n.integer && n.digits <= 18,
+            _ => n.text.len() <= 16 && !n.exponent,
         };
         if !sure {
             s.i = start;
@@ -854,6 +892,35 @@ mod tests {
                         }
                         other => panic!("{line}: {other:?}"),
                     }
+                }
+            }
+            // Integers of every width, as ints, timestamps (epoch ms) and floats; the ones
+            // that overflow (or `-0`) go to the general path, which must then refuse them too.
+            let int = (seed as i64) >> (seed % 64);
+            for (n, ts, x) in [
+                (
+                    int.to_string(),
+                    (int / 1_000_000).to_string(),
+                    int.to_string(),
+                ),
+                ("-0".into(), "-0".into(), "-0".into()),
+                (format!("{}", seed), "0".into(), format!("{}", seed)),
+            ] {
+                let line = format!(r#"{{"id":"a","ts":{ts},"x":{x},"n":{n}}}"#);
+                let want = general(&program, &line);
+                match fast::decode(schema, stream, &line) {
+                    Some(got) => {
+                        let want = want.unwrap();
+                        assert_eq!(got.time, want.time, "{line}");
+                        assert_eq!(got.fields[3], want.fields[3], "{line}");
+                        match (&got.fields[2], &want.fields[2]) {
+                            (Value::Float(a), Value::Float(b)) => {
+                                assert_eq!(a.to_bits(), b.to_bits(), "{line}")
+                            }
+                            other => panic!("{line}: {other:?}"),
+                        }
+                    }
+                    None => assert!(want.is_err() || n.len() > 18, "{line}"),
                 }
             }
             // Short plain decimals, the sensor readings the scanner converts itself.
