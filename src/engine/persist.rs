@@ -259,7 +259,10 @@ mod tests {
         let bytes = postcard::to_allocvec(&one).unwrap();
         let read: KeyVal = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(read, KeyVal::One(HashValue(Value::Str("cam-1".into()))));
-        let _ = format2::KeyVal::Global;
+        assert_eq!(
+            key_bytes(&KeyVal::Global),
+            postcard::to_allocvec(&format2::KeyVal::Global).unwrap()
+        );
     }
 
     #[test]
