@@ -44,6 +44,19 @@ impl Value {
             _ => None,
         }
     }
+
+    /// The value borrowed.
+    pub fn borrowed(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Int(i) => ValueRef::Int(*i),
+            Value::Float(f) => ValueRef::Float(*f),
+            Value::Str(s) => ValueRef::Str(s),
+            Value::Timestamp(t) => ValueRef::Timestamp(*t),
+            Value::Duration(d) => ValueRef::Duration(*d),
+        }
+    }
 }
 
 /// A value borrowed: what a scanner reads from a line before (or instead of) owning it.
@@ -80,7 +93,10 @@ impl ValueRef<'_> {
     }
 
     /// Feeds the value to a hasher so that equal values (floats by their bits) hash alike
-    /// whether borrowed from a line or owned by an event.
+    /// whether borrowed from a line or owned by an event (or a key: [`HashValue`] hashes
+    /// through this too).
+    ///
+    /// [`HashValue`]: crate::engine::key::HashValue
     pub fn hash_into<H: std::hash::Hasher>(self, h: &mut H) {
         match self {
             ValueRef::Null => h.write_u8(0),
@@ -98,8 +114,7 @@ impl ValueRef<'_> {
             }
             ValueRef::Str(s) => {
                 h.write_u8(4);
-                h.write(s.as_bytes());
-                h.write_u8(0xff);
+                std::hash::Hash::hash(s, h);
             }
             ValueRef::Timestamp(t) => {
                 h.write_u8(5);
@@ -109,21 +124,6 @@ impl ValueRef<'_> {
                 h.write_u8(6);
                 h.write_i64(d);
             }
-        }
-    }
-}
-
-impl Value {
-    /// The value borrowed.
-    pub fn borrowed(&self) -> ValueRef<'_> {
-        match self {
-            Value::Null => ValueRef::Null,
-            Value::Bool(b) => ValueRef::Bool(*b),
-            Value::Int(i) => ValueRef::Int(*i),
-            Value::Float(f) => ValueRef::Float(*f),
-            Value::Str(s) => ValueRef::Str(s),
-            Value::Timestamp(t) => ValueRef::Timestamp(*t),
-            Value::Duration(d) => ValueRef::Duration(*d),
         }
     }
 }

@@ -343,8 +343,8 @@ fn rules_reload_and_partial_matches_through_the_api() {
         .collect();
     assert_eq!(names, ["high", "pair"]);
 
-    // One very high reading: `pair` waits for a second one from dev-k. A later reading of
-    // another device moves the watermark past it, so the rules see it.
+    // One very high reading: `pair` waits for a second one from dev-k. With no lateness the
+    // rules see it as it arrives; a reading of another device follows, as traffic would.
     let mut publisher = Publisher::connect(mqtt, "admin-test-pub", None);
     publisher.publish_all(&[reading("dev-k", 1, 5000.0), reading("dev-z", 2, 1.0)]);
     let alerts = d.join("out/alerts.jsonl");

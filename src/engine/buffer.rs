@@ -144,17 +144,25 @@ impl Buffer {
     /// Heap bytes held beyond the inline entry (approximate: entries and their free list, not
     /// the shared events).
     pub fn heap_bytes(&self) -> usize {
-        let entries = if self.entries.spilled() {
-            self.entries.capacity() * std::mem::size_of::<Entry>()
-        } else {
-            0
-        };
-        let free = if self.free.capacity() > 0 {
-            16 + self.free.capacity() * 4
-        } else {
-            0
-        };
-        entries + free
+        inline_vec_bytes(&self.entries) + thin_vec_bytes(&self.free)
+    }
+}
+
+/// Heap bytes of a vector that keeps its first items inline: none until it spills.
+pub(super) fn inline_vec_bytes<T, const N: usize>(v: &SmallVec<[T; N]>) -> usize {
+    if v.spilled() {
+        v.capacity() * std::mem::size_of::<T>()
+    } else {
+        0
+    }
+}
+
+/// Heap bytes of a thin vector: its header (length and capacity) and items, none while empty.
+pub(super) fn thin_vec_bytes<T>(v: &ThinVec<T>) -> usize {
+    if v.capacity() > 0 {
+        16 + v.capacity() * std::mem::size_of::<T>()
+    } else {
+        0
     }
 }
 

@@ -26,15 +26,7 @@ impl Eq for HashValue {}
 
 impl Hash for HashValue {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        match &self.0 {
-            Value::Null => 0u8.hash(h),
-            Value::Bool(b) => (1u8, b).hash(h),
-            Value::Int(i) => (2u8, i).hash(h),
-            Value::Float(f) => (3u8, f.to_bits()).hash(h),
-            Value::Str(s) => (4u8, &**s).hash(h),
-            Value::Timestamp(t) => (5u8, t).hash(h),
-            Value::Duration(d) => (6u8, d).hash(h),
-        }
+        self.0.borrowed().hash_into(h);
     }
 }
 
@@ -144,7 +136,13 @@ impl KeyVal {
         match self {
             KeyVal::Global => 0,
             KeyVal::One(v) => one(v),
-            KeyVal::Many(vs) => vs.iter().map(one).sum::<usize>() + 16 + 24 + vs.capacity() * 16,
+            // The Arc's counts, the vector, its values.
+            KeyVal::Many(vs) => {
+                vs.iter().map(one).sum::<usize>()
+                    + 16
+                    + std::mem::size_of::<Vec<HashValue>>()
+                    + vs.capacity() * std::mem::size_of::<HashValue>()
+            }
         }
     }
 }

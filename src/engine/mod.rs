@@ -201,11 +201,11 @@ impl Held {
                 None => return,
             },
         };
+        // The strings are equal: `key` is the map's key equal to this event's.
         let mut adopt = |field: u16, value: &Value| {
             if let (Some(Value::Str(mine)), Value::Str(stored)) =
                 (event.fields.get_mut(field as usize), value)
                 && !arcstr::ArcStr::ptr_eq(mine, stored)
-                && mine == stored
             {
                 *mine = stored.clone();
             }
@@ -683,14 +683,7 @@ impl Group {
                 + r.keys.len() * std::mem::size_of::<Slot>();
             total += r.timers.capacity() * std::mem::size_of::<Reverse<Timer>>();
             for (k, slot) in &r.keys {
-                total += k.heap_bytes();
-                if slot.state.runs.spilled() {
-                    total += slot.state.runs.capacity() * std::mem::size_of::<run::Run>();
-                }
-                if slot.state.pending.capacity() > 0 {
-                    total += 16 + slot.state.pending.capacity() * std::mem::size_of::<Found>();
-                }
-                total += slot.state.buffer.heap_bytes();
+                total += k.heap_bytes() + slot.state.heap_bytes();
                 let mut seen = std::collections::HashSet::new();
                 for run in &slot.state.runs {
                     for e in slot.state.buffer.chain(run.tail) {
@@ -1269,19 +1262,9 @@ mod tests {
         // The layout the memory figures in docs/performance.md rest on: the run and the entry
         // inline in the key's state, and keys (in every map bucket and timer) 16 bytes.
         let mut state = KeyState::default();
-        state.runs.push(run::Run {
-            state: 1,
-            alive: 1,
-            fresh: true,
-            start_seq: 0,
-            start_time: 0,
-            last_time: 0,
-            tail: buffer::NIL,
-            id: 0,
-            completed: false,
-            absence: false,
-        });
+        state.runs.push(run::Run::starting(0, 0));
         assert!(!state.runs.spilled(), "the first run is inline");
+        assert_eq!(state.heap_bytes(), 0, "and holds no memory of its own");
         assert_eq!(std::mem::size_of::<KeyVal>(), 16);
         assert_eq!(std::mem::size_of::<Reverse<Timer>>(), 32);
         assert!(

@@ -45,7 +45,7 @@ pub struct Run {
 
 impl Run {
     /// The run every event tries to start from: in the first state, nothing taken yet.
-    fn starting(seq: u64, time: Nanos) -> Run {
+    pub(super) fn starting(seq: u64, time: Nanos) -> Run {
         Run {
             state: 0,
             alive: u64::MAX,
@@ -118,6 +118,13 @@ impl KeyState {
     /// True when the key holds nothing and can be forgotten.
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty() && self.pending.is_empty()
+    }
+
+    /// Heap bytes held beyond the key state itself: runs, held-back matches and entries that
+    /// do not fit inline (not the shared events).
+    pub fn heap_bytes(&self) -> usize {
+        use super::buffer::{inline_vec_bytes, thin_vec_bytes};
+        inline_vec_bytes(&self.runs) + thin_vec_bytes(&self.pending) + self.buffer.heap_bytes()
     }
 
     /// Releases the reference a [`Found`] holds.

@@ -416,8 +416,8 @@ seq = "int"
 value = "float"
 "#;
 
-/// [`PROFILE`] without lateness: each reading reaches the rules as it arrives (released by
-/// the next one), and an older one is late.
+/// [`PROFILE`] without lateness: each reading reaches the rules as it arrives, and an older
+/// one is late.
 pub fn profile_no_lateness() -> String {
     let (with, without) = ("lateness = \"1h\"", "lateness = \"0s\"");
     assert!(PROFILE.contains(with), "PROFILE no longer sets {with}");
