@@ -14,7 +14,7 @@ use tern::io::input::{JsonReader, Record};
 
 // The allocator the `tern` binary runs with, so that figures compare.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tern::alloc::Allocator = tern::alloc::Allocator;
 
 /// Events decoded ahead of each timed stretch.
 const CHUNK: usize = 1024;

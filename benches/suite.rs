@@ -34,7 +34,7 @@ use tern::sim::workload::{self, Format, Workload};
 
 // The allocator the `tern` binary runs with, so that figures compare.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tern::alloc::Allocator = tern::alloc::Allocator;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -4,6 +4,7 @@
 //! ever looked up by name on the hot path.
 
 use arcstr::ArcStr;
+use triomphe::ThinArc;
 
 use serde::Serialize;
 
@@ -129,12 +130,204 @@ impl ValueRef<'_> {
 }
 
 /// An event of one stream: its time and its field values in schema order.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct Event {
+///
+/// One reference-counted allocation holds the header and the values, so an event costs one
+/// allocation to build and one to free however many rules and keys share it, and cloning it
+/// is a count increment. The handle is one pointer wide.
+#[derive(Clone, PartialEq)]
+pub struct Event(ThinArc<Head, Value>);
+
+/// What an event holds besides its values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Head {
+    stream: u32,
+    time: Nanos,
+}
+
+impl Event {
+    /// An event of stream `stream` at `time` with these values in schema order.
+    pub fn new<I>(stream: u32, time: Nanos, fields: I) -> Event
+    where
+        I: IntoIterator<Item = Value, IntoIter: ExactSizeIterator>,
+    {
+        Event(ThinArc::from_header_and_iter(
+            Head { stream, time },
+            fields.into_iter(),
+        ))
+    }
+
+    /// Builds an event of `len` values in place, with no allocation but the event's own:
+    /// `fill` writes the values (all `Null` to begin with) and returns the event time, or an
+    /// error to give up.
+    pub fn build<E>(
+        stream: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [Value]) -> Result<Nanos, E>,
+    ) -> Result<Event, E> {
+        let mut event = Event(ThinArc::from_header_and_iter(
+            Head { stream, time: 0 },
+            std::iter::repeat_n(Value::Null, len),
+        ));
+        let mut fill = Some(fill);
+        let filled = event.0.with_arc_mut(|arc| {
+            let inner = triomphe::Arc::get_mut(arc)?;
+            let fill = fill.take()?;
+            Some(fill(inner.slice_mut()).map(|time| inner.header_mut().time = time))
+        });
+        match (filled, fill) {
+            (Some(filled), _) => filled.map(|()| event),
+            // Not reached: a new event has no other reference. Filled on the side instead.
+            (None, Some(fill)) => {
+                let mut values = vec![Value::Null; len];
+                let time = fill(&mut values)?;
+                Ok(Event::new(stream, time, values))
+            }
+            (None, None) => Ok(event),
+        }
+    }
+
+    /// Runs `f` on the values if this is the only reference to the event (to edit one
+    /// before sharing it); `None` if it is shared.
+    pub fn unique_fields<U>(&mut self, f: impl FnOnce(&mut [Value]) -> U) -> Option<U> {
+        self.0
+            .with_arc_mut(|arc| triomphe::Arc::get_mut(arc).map(|inner| f(inner.slice_mut())))
+    }
+
+    /// Moves the event to stream `stream` (a device profile's events belong to the program's
+    /// stream of that name); copies it only if it is shared.
+    pub fn set_stream(&mut self, stream: u32) {
+        let set = self.0.with_arc_mut(|arc| {
+            triomphe::Arc::get_mut(arc).map(|inner| inner.header_mut().stream = stream)
+        });
+        if set.is_none() {
+            *self = Event::new(stream, self.time(), self.fields().iter().cloned());
+        }
+    }
+
     /// Index of the stream in the loaded program.
-    pub stream: u32,
+    pub fn stream(&self) -> u32 {
+        self.0.header.header.stream
+    }
+
     /// Event time (the schema's time field), nanoseconds since the epoch.
-    pub time: Nanos,
+    pub fn time(&self) -> Nanos {
+        self.0.header.header.time
+    }
+
     /// Field values in schema order.
-    pub fields: Box<[Value]>,
+    pub fn fields(&self) -> &[Value] {
+        &self.0.slice
+    }
+
+    /// The event's address: equal for handles sharing one event.
+    pub fn address(&self) -> *const std::ffi::c_void {
+        self.0.ptr()
+    }
+
+    /// Bytes of the event's allocation (header, count and values; not the strings).
+    pub fn heap_bytes(&self) -> usize {
+        // The count, the header with the length, then the values.
+        std::mem::size_of::<usize>()
+            + std::mem::size_of::<triomphe::HeaderWithLength<Head>>()
+            + std::mem::size_of_val(self.fields())
+    }
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("stream", &self.stream())
+            .field("time", &self.time())
+            .field("fields", &self.fields())
+            .finish()
+    }
+}
+
+/// The serialized form, the same as before events became one allocation: a struct of stream,
+/// time and the values, so stored state and traces read as they did.
+#[derive(Serialize)]
+#[serde(rename = "Event")]
+struct EventOut<'a> {
+    stream: u32,
+    time: Nanos,
+    fields: &'a [Value],
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename = "Event")]
+struct EventIn {
+    stream: u32,
+    time: Nanos,
+    fields: Vec<Value>,
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EventOut {
+            stream: self.stream(),
+            time: self.time(),
+            fields: self.fields(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        let e = EventIn::deserialize(d)?;
+        Ok(Event::new(e.stream, e.time, e.fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_event_is_built_in_place_and_edited_only_while_unshared() {
+        let mut e = Event::build(2, 3, |v| {
+            v[0] = Value::Str("cam-1".into());
+            v[2] = Value::Timestamp(7);
+            Ok::<_, ()>(7)
+        })
+        .unwrap();
+        assert_eq!((e.stream(), e.time()), (2, 7));
+        assert_eq!(e.fields()[1], Value::Null);
+        assert_eq!(
+            Event::build(2, 3, |_| Err::<Nanos, _>("no time")),
+            Err("no time")
+        );
+
+        assert_eq!(e.unique_fields(|v| v[1] = Value::Int(1)), Some(()));
+        let shared = e.clone();
+        assert_eq!(e.address(), shared.address());
+        assert_eq!(e.unique_fields(|v| v[1] = Value::Int(2)), None);
+        assert_eq!(shared.fields()[1], Value::Int(1));
+
+        // Moving a shared event to another stream copies it, leaving the other handle alone.
+        e.set_stream(5);
+        assert_eq!((e.stream(), shared.stream()), (5, 2));
+        assert_ne!(e.address(), shared.address());
+        assert_eq!(e.fields(), shared.fields());
+        let before = e.address();
+        e.set_stream(6);
+        assert_eq!((e.stream(), e.address()), (6, before));
+    }
+
+    #[test]
+    fn an_event_serializes_as_a_struct_of_stream_time_and_fields() {
+        let e = Event::new(1, 9, [Value::Float(2.5), Value::Null]);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"stream": 1, "time": 9, "fields": [{"Float": 2.5}, "Null"]})
+        );
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+        let bytes = postcard::to_allocvec(&e).unwrap();
+        assert_eq!(postcard::from_bytes::<Event>(&bytes).unwrap(), e);
+        assert_eq!(e.heap_bytes(), 8 + 24 + 2 * 16);
+    }
 }

@@ -27,8 +27,12 @@
 //! - [`authoring`]: rule tests (`tern test`) and traces of a rule over recorded events
 //!   (`tern explain --input`).
 //! - [`cli`]: one module per subcommand.
+//! - [`alloc`]: the global allocator (mimalloc), the only module with `unsafe`.
 
 pub mod admin;
+// The one module with `unsafe`: the global allocator's calls into mimalloc.
+#[allow(unsafe_code)]
+pub mod alloc;
 pub mod authoring;
 pub mod cli;
 pub mod compile;

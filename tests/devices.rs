@@ -38,7 +38,7 @@ fn field<'e>(p: &Profile, e: &'e Event, name: &str) -> &'e Value {
         .schema()
         .field_index(name)
         .unwrap_or_else(|| panic!("{} has no field {name}", p.stream_name));
-    &e.fields[i]
+    &e.fields()[i]
 }
 
 fn rfc3339(s: &str) -> i64 {
@@ -232,7 +232,7 @@ fn traffic_camera_summarises_detections() {
             false,
         )
         .unwrap();
-    assert_eq!(e.time, rfc3339("2024-03-01T08:00:00.250Z"));
+    assert_eq!(e.time(), rfc3339("2024-03-01T08:00:00.250Z"));
     assert_eq!(field(p, &e, "district"), &str("north"));
     assert_eq!(field(p, &e, "camera_id"), &str("cam-17"));
     let Value::Float(speed) = field(p, &e, "speed") else {
@@ -290,7 +290,7 @@ fn loop_detector_furnace_heartbeat_and_wafer_decode() {
             false,
         )
         .unwrap();
-    assert_eq!(e.time, 1_709_280_000 * S);
+    assert_eq!(e.time(), 1_709_280_000 * S);
     assert_eq!(field(p, &e, "detector_id"), &str("L-4"));
     assert_eq!(field(p, &e, "flow"), &Value::Int(12));
     let e = p
@@ -318,7 +318,7 @@ fn loop_detector_furnace_heartbeat_and_wafer_decode() {
             false,
         )
         .unwrap();
-    assert_eq!(e.time, 1_709_280_000 * S + S / 4);
+    assert_eq!(e.time(), 1_709_280_000 * S + S / 4);
     assert_eq!(field(p, &e, "temperature"), &Value::Float(812.4));
     assert_eq!(field(p, &e, "pressure"), &Value::Float(101.2));
     assert_eq!(field(p, &e, "site"), &str("essen"));
@@ -362,7 +362,7 @@ fn loop_detector_furnace_heartbeat_and_wafer_decode() {
         )
         .unwrap();
     // Berlin is UTC+1 in March.
-    assert_eq!(e.time, rfc3339("2024-03-01T07:00:00.123Z"));
+    assert_eq!(e.time(), rfc3339("2024-03-01T07:00:00.123Z"));
     assert_eq!(field(p, &e, "line"), &str("L1"));
     assert_eq!(field(p, &e, "station"), &str("S7"));
     assert_eq!(field(p, &e, "wafer_id"), &str("W-1"));
@@ -405,7 +405,7 @@ fn data_profiles_decode_real_lines() {
         "metr/760987/speed",
         r#"{"device":"760987","ts":"2012-03-01T08:00:00Z","speed":64.375}"#,
     );
-    assert_eq!(e.time, rfc3339("2012-03-01T08:00:00Z"));
+    assert_eq!(e.time(), rfc3339("2012-03-01T08:00:00Z"));
     assert_eq!(field(p, &e, "device"), &str("760987"));
     assert_eq!(field(p, &e, "speed"), &Value::Float(64.375));
 
@@ -434,7 +434,7 @@ fn data_profiles_decode_real_lines() {
 
     let secom = std::fs::read_to_string("tests/fixtures/devices/data/secom-lot-20.json").unwrap();
     let (p, e) = decode("secom", "secom/secom_line/lot", secom.trim());
-    assert_eq!(e.time, rfc3339("2008-07-22T15:30:00Z"));
+    assert_eq!(e.time(), rfc3339("2008-07-22T15:30:00Z"));
     assert_eq!(field(p, &e, "lot"), &Value::Int(20));
     assert_eq!(field(p, &e, "pass_fail"), &Value::Int(-1));
     assert_eq!(field(p, &e, "fail"), &Value::Bool(false));

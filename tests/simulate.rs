@@ -205,20 +205,22 @@ mod fleet {
                         .copied()
                         .unwrap_or(i64::MIN);
                     assert!(
-                        e.time < newest - 30 * SECOND,
+                        e.time() < newest - 30 * SECOND,
                         "a late copy is not late enough"
                     );
                 }
                 (Flaw::None, Ok(e)) => {
                     assert_eq!(
-                        e.time,
+                        e.time(),
                         m.at,
                         "{} {}",
                         m.topic,
                         String::from_utf8_lossy(&m.payload)
                     );
-                    let n = newest.entry(profile.stream_name.clone()).or_insert(e.time);
-                    *n = (*n).max(e.time);
+                    let n = newest
+                        .entry(profile.stream_name.clone())
+                        .or_insert(e.time());
+                    *n = (*n).max(e.time());
                 }
             }
         }
@@ -274,7 +276,7 @@ mod fleet {
                 assert!(matches!(m.flaw, Flaw::Malformed(_)));
                 continue;
             };
-            event.stream = program.stream_id(&profiles[i].stream_name).unwrap().0;
+            event.set_stream(program.stream_id(&profiles[i].stream_name).unwrap().0);
             if engine.push(event, &mut record).is_err() {
                 assert_eq!(
                     m.flaw,

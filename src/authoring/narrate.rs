@@ -136,12 +136,12 @@ impl Narrator {
                     track.epoch += 1;
                 }
                 track.events += 1;
-                track.now = event.time;
+                track.now = event.time();
                 track.timed = false;
-                let schema = program.stream(crate::compile::hir::StreamId(event.stream));
+                let schema = program.stream(crate::compile::hir::StreamId(event.stream()));
                 let mut fields = Map::new();
                 let mut shown = Vec::new();
-                for (i, (f, v)) in schema.fields.iter().zip(event.fields.iter()).enumerate() {
+                for (i, (f, v)) in schema.fields.iter().zip(event.fields().iter()).enumerate() {
                     fields.insert(f.name.clone(), to_json(v));
                     if i != schema.time_field {
                         shown.push(format!("{}={}", f.name, to_json(v)));
@@ -154,7 +154,7 @@ impl Narrator {
                     "event",
                     format!(
                         "{}  {} {}  {}",
-                        rfc3339(event.time),
+                        rfc3339(event.time()),
                         schema.name,
                         key_text(&r.key),
                         shown.join(" ")

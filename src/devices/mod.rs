@@ -146,7 +146,8 @@ impl Profile {
             Decoder::Json => (json, false),
             Decoder::Script(script) => (script.run(&json, self.topic.captures(), captures)?, true),
         };
-        let mut values = Vec::with_capacity(self.fields.len());
+        // On the stack: the event copies them into its own allocation.
+        let mut values: smallvec::SmallVec<[Value; 16]> = smallvec::SmallVec::new();
         for field in &self.fields {
             let value = match &field.source {
                 FieldSource::Capture(i) => field.convert_level(captures.get(*i).unwrap_or(""))?,
@@ -180,11 +181,7 @@ impl Profile {
                 });
             }
         };
-        Ok(Event {
-            stream: self.stream_index,
-            time,
-            fields: values.into_boxed_slice(),
-        })
+        Ok(Event::new(self.stream_index, time, values))
     }
 }
 

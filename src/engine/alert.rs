@@ -141,7 +141,7 @@ pub fn build(
             .filter(|e| e.var.0 as usize == vi)
             .map(|e| {
                 let mut obj = Map::new();
-                for (f, v) in schema.fields.iter().zip(e.event.fields.iter()) {
+                for (f, v) in schema.fields.iter().zip(e.event.fields().iter()) {
                     obj.insert(f.name.clone(), to_json(v));
                 }
                 Json::Object(obj)
@@ -153,9 +153,9 @@ pub fn build(
     }
     for e in &chain {
         hasher.u64(e.seq);
-        hasher.u64(e.event.time as u64);
+        hasher.u64(e.event.time() as u64);
         hasher.u64(u64::from(e.var.0));
-        for v in e.event.fields.iter() {
+        for v in e.event.fields().iter() {
             hasher.str(&to_json(v).to_string());
         }
     }

@@ -4,8 +4,6 @@
 //! buffer do), so a loop over n events stores n entries however many runs extend it. Entries
 //! are reference-counted by the runs and entries that point at them, and their slots reused.
 
-use std::sync::Arc;
-
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
@@ -19,7 +17,7 @@ pub const NIL: u32 = u32::MAX;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The event (shared with every rule and key that holds it).
-    pub event: Arc<Event>,
+    pub event: Event,
     /// The key's sequence number of the event.
     pub seq: u64,
     /// The step variable the event was taken by.
@@ -46,14 +44,7 @@ pub struct Buffer {
 impl Buffer {
     /// Adds an entry after `prev` (taking a reference on it); the new entry starts with one
     /// reference, owned by the caller.
-    pub fn push(
-        &mut self,
-        event: Arc<Event>,
-        seq: u64,
-        var: VarId,
-        in_loop: bool,
-        prev: u32,
-    ) -> u32 {
+    pub fn push(&mut self, event: Event, seq: u64, var: VarId, in_loop: bool, prev: u32) -> u32 {
         let anchor = if prev == NIL {
             NIL
         } else {
@@ -171,12 +162,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    fn ev(t: i64) -> Arc<Event> {
-        Arc::new(Event {
-            stream: 0,
-            time: t,
-            fields: Box::new([]),
-        })
+    fn ev(t: i64) -> Event {
+        Event::new(0, t, [])
     }
 
     #[test]

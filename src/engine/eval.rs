@@ -100,7 +100,7 @@ fn operand<'a>(e: &'a TExpr, ctx: &Ctx<'a>) -> Cow<'a, Value> {
     let found = match &e.kind {
         TExprKind::Const(v) => Some(v),
         TExprKind::Key => Some(ctx.key),
-        TExprKind::Field(i) => ctx.candidate.and_then(|ev| ev.fields.get(*i as usize)),
+        TExprKind::Field(i) => ctx.candidate.and_then(|ev| ev.fields().get(*i as usize)),
         TExprKind::VarField { var, field } => var_field(*var, *field, ctx),
         _ => return Cow::Owned(eval(e, ctx)),
     };
@@ -115,7 +115,7 @@ fn var_field<'a>(var: VarId, field: u16, ctx: &Ctx<'a>) -> Option<&'a Value> {
     while cur != NIL {
         let entry = buffer.entry(cur);
         if !entry.in_loop && entry.var == var {
-            return entry.event.fields.get(field as usize);
+            return entry.event.fields().get(field as usize);
         }
         cur = entry.anchor;
     }
@@ -260,7 +260,7 @@ fn aggregate(func: AggFunc, var: VarId, field: Option<u16>, nth: u32, ctx: &Ctx<
         var,
     }
     .map(|ev| match field {
-        Some(f) => ev.fields.get(f as usize).cloned().unwrap_or(Value::Null),
+        Some(f) => ev.fields().get(f as usize).cloned().unwrap_or(Value::Null),
         None => Value::Bool(true),
     });
     match func {

@@ -74,7 +74,7 @@ impl KeyVal {
         let get = |i: &u16| {
             HashValue(
                 event
-                    .fields
+                    .fields()
                     .get(*i as usize)
                     .cloned()
                     .unwrap_or(Value::Null),

@@ -129,7 +129,7 @@ enum Consumer {
 struct Buffered {
     time: Nanos,
     arrival: u64,
-    event: Held,
+    event: Event,
 }
 
 /// Events waiting for the watermark, released in (time, arrival) order. Input mostly comes
@@ -174,71 +174,33 @@ impl Reorder {
     }
 }
 
-/// An event on its way through the engine: shared (`Arc`) only once something keeps it, so
-/// the common event that no rule keeps costs no reference-counted allocation.
-enum Held {
-    Owned(Event),
-    Shared(Arc<Event>),
-}
-
-impl Held {
-    fn get(&self) -> &Event {
-        match self {
-            Held::Owned(e) => e,
-            Held::Shared(e) => e,
-        }
-    }
-
-    /// Makes the event's key fields share the strings of `key`, the equal key stored in a
-    /// rule's map. An event that a key keeps then holds no string of its own: it costs less,
-    /// and freeing it later touches only the key's string, which the key's lookup has just
-    /// read, instead of a cold one.
-    fn adopt_key(&mut self, key: &KeyVal, fields: &[u16]) {
-        let event = match self {
-            Held::Owned(e) => e,
-            Held::Shared(e) => match Arc::get_mut(e) {
-                Some(e) => e,
-                None => return,
-            },
-        };
+/// Makes the event's key fields share the strings of `key`, the equal key stored in a rule's
+/// map (when the event is not shared yet). An event that a key keeps then holds no string of
+/// its own: it costs less, and freeing it later touches only the key's string, which the
+/// key's lookup has just read, instead of a cold one.
+fn adopt_key(event: &mut Event, key: &KeyVal, fields: &[u16]) {
+    let adopt = |values: &mut [Value], field: u16, value: &Value| {
         // The strings are equal: `key` is the map's key equal to this event's.
-        let mut adopt = |field: u16, value: &Value| {
-            if let (Some(Value::Str(mine)), Value::Str(stored)) =
-                (event.fields.get_mut(field as usize), value)
-                && !arcstr::ArcStr::ptr_eq(mine, stored)
-            {
-                *mine = stored.clone();
-            }
-        };
-        match key {
-            KeyVal::Global => {}
-            KeyVal::One(v) => {
-                if let [field] = fields {
-                    adopt(*field, &v.0);
-                }
-            }
-            KeyVal::Many(vs) => {
-                for (field, v) in fields.iter().zip(vs.iter()) {
-                    adopt(*field, &v.0);
-                }
+        if let (Some(Value::Str(mine)), Value::Str(stored)) =
+            (values.get_mut(field as usize), value)
+            && !arcstr::ArcStr::ptr_eq(mine, stored)
+        {
+            *mine = stored.clone();
+        }
+    };
+    match key {
+        KeyVal::Global => {}
+        KeyVal::One(v) => {
+            if let [field] = fields {
+                event.unique_fields(|values| adopt(values, *field, &v.0));
             }
         }
-    }
-
-    /// The event as a shared reference, converting it on first use.
-    fn shared(&mut self) -> Arc<Event> {
-        match self {
-            Held::Shared(e) => Arc::clone(e),
-            Held::Owned(e) => {
-                let empty = Event {
-                    stream: e.stream,
-                    time: e.time,
-                    fields: Box::new([]),
-                };
-                let shared = Arc::new(std::mem::replace(e, empty));
-                *self = Held::Shared(Arc::clone(&shared));
-                shared
-            }
+        KeyVal::Many(vs) => {
+            event.unique_fields(|values| {
+                for (field, v) in fields.iter().zip(vs.iter()) {
+                    adopt(values, *field, &v.0);
+                }
+            });
         }
     }
 }
@@ -292,7 +254,7 @@ struct Changes {
     windows: HashSet<(usize, KeyVal)>,
     /// Events added to the reorder buffer, by arrival (removed again if released before the
     /// write, so they are never written).
-    added: HashMap<u64, Arc<Event>>,
+    added: HashMap<u64, Event>,
     /// Events released that an earlier write stored: (stream, time, arrival).
     released: Vec<(u32, Nanos, u64)>,
     /// Watermarks or time moved.
@@ -395,31 +357,26 @@ impl Group {
 
     /// Accepts an event; alerts that become due are passed to `out`.
     pub fn push(&mut self, event: Event, out: &mut dyn FnMut(Alert)) -> Result<(), Late> {
-        let stream = StreamId(event.stream);
+        let stream = StreamId(event.stream());
         let watermark = self.watermark(stream);
-        if event.time <= watermark {
+        if event.time() <= watermark {
             self.stats.late += 1;
             return Err(Late {
                 stream: self.program.stream(stream).name.clone(),
-                time: event.time,
+                time: event.time(),
                 watermark,
             });
         }
         self.stats.events += 1;
-        if let Some(seen) = self.max_seen.get_mut(event.stream as usize) {
-            *seen = Some(seen.map_or(event.time, |m| m.max(event.time)));
+        if let Some(seen) = self.max_seen.get_mut(event.stream() as usize) {
+            *seen = Some(seen.map_or(event.time(), |m| m.max(event.time())));
         }
         self.arrival += 1;
-        let time = event.time;
-        let event = match self.changes.as_mut() {
-            Some(c) => {
-                let event = Arc::new(event);
-                c.added.insert(self.arrival, Arc::clone(&event));
-                c.time = true;
-                Held::Shared(event)
-            }
-            None => Held::Owned(event),
-        };
+        let time = event.time();
+        if let Some(c) = self.changes.as_mut() {
+            c.added.insert(self.arrival, event.clone());
+            c.time = true;
+        }
         self.reorder.push(Buffered {
             time,
             arrival: self.arrival,
@@ -467,7 +424,7 @@ impl Group {
                         if let Some(c) = self.changes.as_mut()
                             && c.added.remove(&b.arrival).is_none()
                         {
-                            c.released.push((b.event.get().stream, b.time, b.arrival));
+                            c.released.push((b.event.stream(), b.time, b.arrival));
                         }
                         self.now = self.now.max(b.time.saturating_sub(1));
                         self.process(b.event, out);
@@ -504,11 +461,7 @@ impl Group {
             }
             let output = self.aggregates[a].def().output;
             for fields in produced {
-                let event = Held::Owned(Event {
-                    stream: output.0,
-                    time: t,
-                    fields,
-                });
+                let event = Event::new(output.0, t, fields.into_vec());
                 self.stats.events += 1;
                 self.process(event, out);
             }
@@ -573,14 +526,14 @@ impl Group {
         }
     }
 
-    fn process(&mut self, mut event: Held, out: &mut dyn FnMut(Alert)) {
-        let stream = event.get().stream as usize;
+    fn process(&mut self, mut event: Event, out: &mut dyn FnMut(Alert)) {
+        let stream = event.stream() as usize;
         let n = self.consumers.get(stream).map_or(0, Vec::len);
         for ci in 0..n {
             let c = self.consumers[stream][ci];
             match c {
                 Consumer::Aggregate(a) => {
-                    let key = self.aggregates[a].add(event.get());
+                    let key = self.aggregates[a].add(&event);
                     if let Some(c) = self.changes.as_mut() {
                         c.windows.insert((a, key));
                     }
@@ -591,13 +544,13 @@ impl Group {
     }
 
     /// Feeds one released event to rule `r`, for the event's key.
-    fn feed_rule(&mut self, r: usize, held: &mut Held, out: &mut dyn FnMut(Alert)) {
+    fn feed_rule(&mut self, r: usize, held: &mut Event, out: &mut dyn FnMut(Alert)) {
         let rt = &mut self.rules[r];
-        let event = held.get();
+        let event = &*held;
         let fields = rt
             .key_fields
             .iter()
-            .find(|(s, _)| s.0 == event.stream)
+            .find(|(s, _)| s.0 == event.stream())
             .map_or(&[][..], |(_, v)| &v[..]);
         let key = KeyVal::of(event, fields);
         let key_value = key.value_ref();
@@ -607,7 +560,7 @@ impl Group {
         // dropped. A trace records every event, so it takes the full path.
         let slot = match rt.keys.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(o) => {
-                held.adopt_key(o.key(), fields);
+                adopt_key(held, o.key(), fields);
                 o.into_mut()
             }
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -618,7 +571,7 @@ impl Group {
                 v.insert(Slot::new(KeyState::default()))
             }
         };
-        let event = &held.shared();
+        let event = &*held;
         if let Some(c) = self.changes.as_mut() {
             c.keys.insert((r, key.clone()));
         }
@@ -627,7 +580,7 @@ impl Group {
         if let Some(t) = self.trace.as_deref_mut() {
             t.begin(&rt.nfa.rule.name, key.to_json(&rt.nfa.rule.key_names));
             t.note(trace::What::Event {
-                event: Arc::clone(event),
+                event: event.clone(),
                 seq: slot.state.next_seq,
             });
         }
@@ -687,10 +640,8 @@ impl Group {
                 let mut seen = std::collections::HashSet::new();
                 for run in &slot.state.runs {
                     for e in slot.state.buffer.chain(run.tail) {
-                        if seen.insert(Arc::as_ptr(&e.event)) {
-                            total += std::mem::size_of::<Event>()
-                                + 16
-                                + e.event.fields.len() * std::mem::size_of::<Value>();
+                        if seen.insert(e.event.address()) {
+                            total += e.event.heap_bytes();
                         }
                     }
                 }
@@ -836,13 +787,13 @@ impl Engine {
 
     /// Accepts an event; alerts that become due are passed to `out`.
     pub fn push(&mut self, event: Event, out: &mut dyn FnMut(Alert)) -> Result<(), Late> {
-        match self.group_of.get(event.stream as usize) {
+        match self.group_of.get(event.stream() as usize) {
             Some(&g) => self.groups[g].push(event, out),
             // A stream id outside the program is a bug in the caller; treat it as late rather
             // than crash the engine.
             None => Err(Late {
-                stream: format!("#{}", event.stream),
-                time: event.time,
+                stream: format!("#{}", event.stream()),
+                time: event.time(),
                 watermark: Nanos::MAX,
             }),
         }
@@ -999,17 +950,17 @@ impl Engine {
                 );
             }
             for (arrival, event) in c.added {
-                let id = StreamId(event.stream);
+                let id = StreamId(event.stream());
                 let v = encode(&persist::BufferedRecord {
                     schema: self.schema_fp.get(id.0 as usize).copied().unwrap_or(0),
-                    fields: event.fields.clone(),
+                    fields: event.fields().into(),
                 })?;
                 w.put(
                     persist::GROUPS,
                     named_key(
                         b'r',
                         &self.program.stream(id).name,
-                        &persist::buffered_suffix(event.time, arrival),
+                        &persist::buffered_suffix(event.time(), arrival),
                     ),
                     v,
                 );
@@ -1089,11 +1040,7 @@ impl Engine {
                         self.groups[g].reorder.push(Buffered {
                             time,
                             arrival,
-                            event: Held::Shared(Arc::new(Event {
-                                stream: id.0,
-                                time,
-                                fields: rec.fields,
-                            })),
+                            event: Event::new(id.0, time, rec.fields.into_owned()),
                         });
                         out.buffered += 1;
                     }
@@ -1292,15 +1239,15 @@ mod tests {
 
     /// A reading of camera `cam-7`, its string decoded anew as from the wire.
     fn reading(t: Nanos, speed: f64) -> Event {
-        Event {
-            stream: 0,
-            time: t,
-            fields: Box::new([
+        Event::new(
+            0,
+            t,
+            [
                 Value::Str(arcstr::ArcStr::from(String::from("cam-7"))),
                 Value::Timestamp(t),
                 Value::Float(speed),
-            ]),
-        }
+            ],
+        )
     }
 
     #[test]
@@ -1357,8 +1304,8 @@ mod tests {
             panic!("one run: {:?}", state.runs)
         };
         let kept = &state.buffer.entry(run.tail).event;
-        assert_eq!(kept.time, 3_000, "the newest reading is the one kept");
-        let Value::Str(held) = &kept.fields[0] else {
+        assert_eq!(kept.time(), 3_000, "the newest reading is the one kept");
+        let Value::Str(held) = &kept.fields()[0] else {
             panic!("{kept:?}")
         };
         assert!(arcstr::ArcStr::ptr_eq(held, stored));
@@ -1373,11 +1320,7 @@ mod tests {
             r.push(Buffered {
                 time: *t,
                 arrival: arrival as u64,
-                event: Held::Owned(Event {
-                    stream: 0,
-                    time: *t,
-                    fields: Box::new([]),
-                }),
+                event: Event::new(0, *t, []),
             });
         }
         let mut want: Vec<(Nanos, u64)> = times

@@ -59,9 +59,9 @@ pub(super) struct StreamRecord {
 
 /// An event in the reorder buffer.
 #[derive(Serialize, Deserialize)]
-pub(super) struct BufferedRecord {
+pub(super) struct BufferedRecord<'a> {
     pub schema: u64,
-    pub fields: Box<[Value]>,
+    pub fields: std::borrow::Cow<'a, [Value]>,
 }
 
 /// What a load found.
@@ -168,11 +168,29 @@ mod tests {
     use super::*;
 
     /// Key states and keys as they were stored before their containers became inline and thin
-    /// (format 2): plain vectors and slices.
+    /// and events one allocation (format 2): plain vectors and slices, an event a struct.
     mod format2 {
-        use crate::engine::buffer::Entry;
+        use crate::compile::hir::VarId;
         use crate::engine::key::HashValue;
         use crate::engine::run::{Found, Run};
+        use crate::event::{Nanos, Value};
+
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Event {
+            pub stream: u32,
+            pub time: Nanos,
+            pub fields: Box<[Value]>,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Entry {
+            pub event: std::sync::Arc<Event>,
+            pub seq: u64,
+            pub var: VarId,
+            pub prev: u32,
+            pub anchor: u32,
+            pub in_loop: bool,
+            pub refs: u32,
+        }
 
         #[derive(serde::Serialize, serde::Deserialize)]
         pub struct Buffer {
@@ -205,16 +223,13 @@ mod tests {
         use std::sync::Arc;
 
         let mut state = KeyState::default();
-        let ev = |t| {
-            Arc::new(Event {
-                stream: 0,
-                time: t,
-                fields: Box::new([Value::Str("cam-1".into()), Value::Float(2.5)]),
-            })
-        };
+        let ev = |t| Event::new(0, t, [Value::Str("cam-1".into()), Value::Float(2.5)]);
+        // Shared by two entries, as events are.
+        let shared = ev(3);
         let a = state.buffer.push(ev(1), 1, VarId(0), false, NIL);
         let b = state.buffer.push(ev(2), 2, VarId(1), true, a);
-        let c = state.buffer.push(ev(3), 3, VarId(1), true, a);
+        let c = state.buffer.push(shared.clone(), 3, VarId(1), true, a);
+        let d = state.buffer.push(shared, 3, VarId(2), false, c);
         state.buffer.release(b);
         for (i, tail) in [a, c].into_iter().enumerate() {
             state.runs.push(Run {
@@ -244,6 +259,10 @@ mod tests {
         let old: format2::KeyState = postcard::from_bytes(&now).unwrap();
         assert_eq!(old.runs.len(), 2);
         assert_eq!(old.buffer.free, vec![b]);
+        let first = &old.buffer.entries[a as usize].event;
+        assert_eq!((first.stream, first.time), (0, 1));
+        assert_eq!(first.fields[1], Value::Float(2.5));
+        assert_eq!(old.buffer.entries[d as usize].event.time, 3);
         assert_eq!(postcard::to_allocvec(&old).unwrap(), now);
         let back: KeyState = postcard::from_bytes(&now).unwrap();
         assert_eq!(postcard::to_allocvec(&back).unwrap(), now);

@@ -4,8 +4,6 @@
 //!
 //! The rules implemented here are stated in docs/semantics.md; section numbers refer to it.
 
-use std::sync::Arc;
-
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
@@ -159,7 +157,7 @@ impl KeyState {
     /// holds nothing leaves the key holding nothing.
     pub fn may_start(nfa: &Nfa, event: &Event, key: &Value) -> bool {
         let empty = KeyState::default();
-        let start_run = Run::starting(0, event.time);
+        let start_run = Run::starting(0, event.time());
         empty.matching_waits(nfa, &start_run, event, key, true).all != 0
     }
 
@@ -167,7 +165,7 @@ impl KeyState {
     pub fn on_event(
         &mut self,
         nfa: &Nfa,
-        event: &Arc<Event>,
+        event: &Event,
         key: &Value,
         scratch: &mut Scratch,
         out: &mut Vec<Found>,
@@ -179,7 +177,7 @@ impl KeyState {
     pub fn on_event_traced(
         &mut self,
         nfa: &Nfa,
-        event: &Arc<Event>,
+        event: &Event,
         key: &Value,
         scratch: &mut Scratch,
         out: &mut Vec<Found>,
@@ -211,7 +209,7 @@ impl KeyState {
             }
         }
         // Every event may start a match (§3).
-        let start_run = Run::starting(seq, event.time);
+        let start_run = Run::starting(seq, event.time());
         let matched = self.matching_waits(nfa, &start_run, event, key, true);
         for i in bits(matched.taken) {
             let wait = &nfa.states[0].waits[i];
@@ -254,7 +252,7 @@ impl KeyState {
         &mut self,
         nfa: &Nfa,
         run: &mut Run,
-        event: &Arc<Event>,
+        event: &Event,
         seq: u64,
         key: &Value,
         created: &mut Vec<Run>,
@@ -291,7 +289,7 @@ impl KeyState {
                 self.buffer.retain(run.tail);
                 out.push(Found {
                     kind: FoundKind::Match,
-                    time: event.time,
+                    time: event.time(),
                     tail: run.tail,
                     start_seq: run.start_seq,
                     last_seq: self.last_seq(run.tail),
@@ -301,7 +299,7 @@ impl KeyState {
                     t.note(What::Completed {
                         run: run.id,
                         state: run.state,
-                        time: event.time,
+                        time: event.time(),
                     });
                 }
             }
@@ -321,7 +319,7 @@ impl KeyState {
                 continue;
             }
             if let Some(u) = wait.until
-                && wait.stream.0 == event.stream
+                && wait.stream.0 == event.stream()
                 && self.cond(nfa, u, run, event, key)
             {
                 ended |= bit;
@@ -388,7 +386,7 @@ impl KeyState {
         let mut all = 0u64;
         for (i, wait) in state.waits.iter().enumerate() {
             let bit = 1u64 << i;
-            if run.alive & bit == 0 || wait.stream.0 != event.stream {
+            if run.alive & bit == 0 || wait.stream.0 != event.stream() {
                 continue;
             }
             // At the start every wait is open and guards have nothing to guard.
@@ -487,7 +485,7 @@ impl KeyState {
         for i in bits(ended) {
             let w = &state.waits[i];
             if w.until
-                .is_some_and(|u| w.stream.0 == event.stream && self.cond(nfa, u, run, event, key))
+                .is_some_and(|u| w.stream.0 == event.stream() && self.cond(nfa, u, run, event, key))
             {
                 return Some(Reason::Until { step: w.target });
             }
@@ -497,7 +495,7 @@ impl KeyState {
             if w.contiguity == Contiguity::Strict {
                 return Some(Reason::Strict {
                     step: w.target,
-                    other_stream: w.stream.0 != event.stream,
+                    other_stream: w.stream.0 != event.stream(),
                 });
             }
         }
@@ -508,7 +506,7 @@ impl KeyState {
         if g.strict && !run.fresh {
             return false;
         }
-        g.stream.0 == event.stream && g.cond.is_none_or(|c| self.cond(nfa, c, run, event, key))
+        g.stream.0 == event.stream() && g.cond.is_none_or(|c| self.cond(nfa, c, run, event, key))
     }
 
     fn cond(&self, nfa: &Nfa, c: u32, run: &Run, event: &Event, key: &Value) -> bool {
@@ -542,7 +540,7 @@ impl KeyState {
         from: &Run,
         target: StateId,
         var: VarId,
-        event: &Arc<Event>,
+        event: &Event,
         seq: u64,
         out: &mut Vec<Found>,
         mut trace: Option<&mut Trace>,
@@ -550,7 +548,7 @@ impl KeyState {
         let in_loop = nfa.rule.vars.get(var.0 as usize).is_some_and(|v| v.is_loop);
         let tail = self
             .buffer
-            .push(Arc::clone(event), seq, var, in_loop, from.tail);
+            .push(event.clone(), seq, var, in_loop, from.tail);
         let id = self.next_run;
         self.next_run += 1;
         if let Some(t) = trace.as_deref_mut() {
@@ -583,11 +581,11 @@ impl KeyState {
                 from.start_seq
             },
             start_time: if from.tail == NIL {
-                event.time
+                event.time()
             } else {
                 from.start_time
             },
-            last_time: event.time,
+            last_time: event.time(),
             tail,
             id,
             completed: false,
@@ -598,7 +596,7 @@ impl KeyState {
                 self.buffer.retain(tail);
                 out.push(Found {
                     kind: FoundKind::Match,
-                    time: event.time,
+                    time: event.time(),
                     tail,
                     start_seq: run.start_seq,
                     last_seq: seq,
@@ -609,7 +607,7 @@ impl KeyState {
                     t.note(What::Completed {
                         run: id,
                         state: target,
-                        time: event.time,
+                        time: event.time(),
                     });
                 }
                 // A trailing reluctant loop stops at its minimum (§3).

@@ -35,7 +35,7 @@ pub enum What {
     /// `Event` or `Time` of the same rule and key, are what it caused.
     Event {
         /// The event.
-        event: Arc<Event>,
+        event: Event,
         /// The key's sequence number of the event.
         seq: u64,
     },

@@ -187,7 +187,7 @@ impl AggRuntime {
                 .iter()
                 .map(|i| {
                     event
-                        .fields
+                        .fields()
                         .get(*i as usize)
                         .cloned()
                         .unwrap_or(Value::Null)
@@ -197,7 +197,7 @@ impl AggRuntime {
         });
         // Window ends on the `every` grid with end - size <= t < end.
         let first_end = event
-            .time
+            .time()
             .div_euclid(every)
             .saturating_add(1)
             .saturating_mul(every);
@@ -210,7 +210,7 @@ impl AggRuntime {
             accumulated: &[],
             key_fields: &[],
         };
-        while end.saturating_sub(size) <= event.time {
+        while end.saturating_sub(size) <= event.time() {
             let accs = entry.open.entry(end).or_insert_with(|| {
                 self.closes.push(Reverse((end, key.clone())));
                 self.def

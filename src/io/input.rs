@@ -126,34 +126,29 @@ pub fn event_from_json<'j>(
     stream: StreamId,
     get: &dyn Fn(&str) -> Option<&'j Json>,
 ) -> Result<Event, BadLine> {
-    let mut fields = Vec::with_capacity(schema.fields.len());
-    for f in &schema.fields {
-        let v = match get(&f.name) {
-            None | Some(Json::Null) => {
-                if f.ty.nullable {
-                    Value::Null
-                } else {
-                    return Err(BadLine::MissingField(f.name.clone()));
+    Event::build(stream.0, schema.fields.len(), |fields| {
+        for (f, slot) in schema.fields.iter().zip(fields.iter_mut()) {
+            *slot = match get(&f.name) {
+                None | Some(Json::Null) => {
+                    if f.ty.nullable {
+                        Value::Null
+                    } else {
+                        return Err(BadLine::MissingField(f.name.clone()));
+                    }
                 }
-            }
-            Some(j) => convert(&f.name, ty_of(f.ty.base), j)?,
-        };
-        fields.push(v);
-    }
-    let time = match fields.get(schema.time_field) {
-        Some(Value::Timestamp(t)) => *t,
-        _ => {
-            let name = schema
-                .fields
-                .get(schema.time_field)
-                .map_or("time", |f| f.name.as_str());
-            return Err(BadLine::MissingField(name.to_string()));
+                Some(j) => convert(&f.name, ty_of(f.ty.base), j)?,
+            };
         }
-    };
-    Ok(Event {
-        stream: stream.0,
-        time,
-        fields: fields.into_boxed_slice(),
+        match fields.get(schema.time_field) {
+            Some(Value::Timestamp(t)) => Ok(*t),
+            _ => {
+                let name = schema
+                    .fields
+                    .get(schema.time_field)
+                    .map_or("time", |f| f.name.as_str());
+                Err(BadLine::MissingField(name.to_string()))
+            }
+        }
     })
 }
 
@@ -255,7 +250,7 @@ pub fn capture(program: &Program, profiles: &[Profile], line: &str) -> Result<Re
     let stream = program
         .stream_id(&profile.stream_name)
         .ok_or_else(|| BadLine::UnknownStream(profile.stream_name.clone()))?;
-    event.stream = stream.0;
+    event.set_stream(stream.0);
     Ok(Record::Event(event))
 }
 
@@ -522,22 +517,19 @@ pub(crate) mod fast {
 
     /// The event, or `None` when the line needs the general path (which explains errors).
     pub fn decode(schema: &StreamSchema, stream: StreamId, line: &str) -> Option<Event> {
-        let mut values: Vec<Value> = Vec::with_capacity(schema.fields.len());
-        values.resize(schema.fields.len(), Value::Null);
-        scan(schema, line, u64::MAX, |i, v| {
-            if let Some(slot) = values.get_mut(i) {
-                *slot = v.to_value();
+        Event::build(stream.0, schema.fields.len(), |values| {
+            scan(schema, line, u64::MAX, |i, v| {
+                if let Some(slot) = values.get_mut(i) {
+                    *slot = v.to_value();
+                }
+            })
+            .ok_or(())?;
+            match values.get(schema.time_field) {
+                Some(Value::Timestamp(t)) => Ok(*t),
+                _ => Err(()),
             }
-        })?;
-        let time = match values.get(schema.time_field) {
-            Some(Value::Timestamp(t)) => *t,
-            _ => return None,
-        };
-        Some(Event {
-            stream: stream.0,
-            time,
-            fields: values.into_boxed_slice(),
         })
+        .ok()
     }
 
     /// What [`decode`] would give, reduced to the event time and the values of `fields`
@@ -856,9 +848,11 @@ mod tests {
             let time = fast::time_and_key(schema, line, &key, |v| got.push(v.to_value()));
             match fast::decode(schema, stream, line) {
                 Some(ev) => {
-                    assert_eq!(time, Some(ev.time), "{line}");
-                    let want: Vec<Value> =
-                        key.iter().map(|k| ev.fields[*k as usize].clone()).collect();
+                    assert_eq!(time, Some(ev.time()), "{line}");
+                    let want: Vec<Value> = key
+                        .iter()
+                        .map(|k| ev.fields()[*k as usize].clone())
+                        .collect();
                     assert_eq!(got, want, "{line}");
                 }
                 None => assert_eq!(time, None, "{line}"),
@@ -885,7 +879,7 @@ mod tests {
                 let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
                 if let Some(ev) = fast::decode(schema, stream, &line) {
                     let want = general(&program, &line).unwrap();
-                    match (&ev.fields[2], &want.fields[2]) {
+                    match (&ev.fields()[2], &want.fields()[2]) {
                         (Value::Float(a), Value::Float(b)) => {
                             assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                         }
@@ -910,9 +904,9 @@ mod tests {
                 match fast::decode(schema, stream, &line) {
                     Some(got) => {
                         let want = want.unwrap();
-                        assert_eq!(got.time, want.time, "{line}");
-                        assert_eq!(got.fields[3], want.fields[3], "{line}");
-                        match (&got.fields[2], &want.fields[2]) {
+                        assert_eq!(got.time(), want.time(), "{line}");
+                        assert_eq!(got.fields()[3], want.fields()[3], "{line}");
+                        match (&got.fields()[2], &want.fields()[2]) {
                             (Value::Float(a), Value::Float(b)) => {
                                 assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                             }
@@ -936,8 +930,8 @@ mod tests {
             let text = format!("{sign}{int}.{frac}");
             let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
             let want = general(&program, &line).unwrap();
-            let got = fast::decode(schema, stream, &line).map(|e| e.fields[2].clone());
-            match (&got, &want.fields[2]) {
+            let got = fast::decode(schema, stream, &line).map(|e| e.fields()[2].clone());
+            match (&got, &want.fields()[2]) {
                 (Some(Value::Float(a)), Value::Float(b)) => {
                     assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                 }

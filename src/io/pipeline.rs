@@ -1180,7 +1180,7 @@ impl Worker {
                     .map(|e| {
                         serde_json::json!({
                             "step": r.vars.get(e.var.0 as usize).map(|v| v.name.as_str()),
-                            "time": crate::engine::alert::rfc3339(e.event.time),
+                            "time": crate::engine::alert::rfc3339(e.event.time()),
                         })
                     })
                     .collect();
@@ -1230,8 +1230,8 @@ impl Worker {
                 return;
             }
         };
-        let stream = event.stream as usize;
-        let time = event.time;
+        let stream = event.stream() as usize;
+        let time = event.time();
         let alerts = &mut self.alerts;
         match self.engine.push(event, &mut |a| alerts.push(a)) {
             Ok(()) => {

@@ -95,12 +95,12 @@ impl Router {
 
     /// The worker an event goes to.
     pub fn worker(&self, event: &Event) -> usize {
-        match self.routes.get(event.stream as usize) {
+        match self.routes.get(event.stream() as usize) {
             Some(Some(fields)) => {
                 let mut h = self.hasher.build_hasher();
                 for f in fields {
                     let v = event
-                        .fields
+                        .fields()
                         .get(*f as usize)
                         .map_or(ValueRef::Null, Value::borrowed);
                     v.hash_into(&mut h);
@@ -359,7 +359,7 @@ impl Sharded {
         event: Event,
         out: &mut dyn FnMut(Alert),
     ) -> anyhow::Result<Result<(), Late>> {
-        if let Err(late) = self.clock.push(&self.program, event.stream, event.time) {
+        if let Err(late) = self.clock.push(&self.program, event.stream(), event.time()) {
             self.late += 1;
             return Ok(Err(late));
         }
