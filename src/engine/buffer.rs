@@ -4,10 +4,11 @@
 //! buffer do), so a loop over n events stores n entries however many runs extend it. Entries
 //! are reference-counted by the runs and entries that point at them, and their slots reused.
 
-use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
 use crate::compile::hir::VarId;
+
+use super::inline::Inline;
 use crate::event::Event;
 
 /// "No entry": the end of a chain.
@@ -37,7 +38,7 @@ pub struct Entry {
 /// Both serialize as the vectors they replaced, so the stored format is unchanged.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Buffer {
-    entries: SmallVec<[Entry; 1]>,
+    entries: Inline<Entry>,
     free: ThinVec<u32>,
 }
 
@@ -105,7 +106,7 @@ impl Buffer {
     /// Gives the memory back when nothing is live, so an idle key costs nothing.
     pub fn trim(&mut self) {
         if self.free.len() == self.entries.len() && self.entries.spilled() {
-            self.entries = SmallVec::new();
+            self.entries = Inline::new();
             self.free = ThinVec::new();
         }
     }
@@ -135,16 +136,7 @@ impl Buffer {
     /// Heap bytes held beyond the inline entry (approximate: entries and their free list, not
     /// the shared events).
     pub fn heap_bytes(&self) -> usize {
-        inline_vec_bytes(&self.entries) + thin_vec_bytes(&self.free)
-    }
-}
-
-/// Heap bytes of a vector that keeps its first items inline: none until it spills.
-pub(super) fn inline_vec_bytes<T, const N: usize>(v: &SmallVec<[T; N]>) -> usize {
-    if v.spilled() {
-        v.capacity() * std::mem::size_of::<T>()
-    } else {
-        0
+        self.entries.heap_bytes() + thin_vec_bytes(&self.free)
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod alert;
 pub mod buffer;
 pub mod eval;
+pub mod inline;
 pub mod key;
 pub mod persist;
 pub mod run;
@@ -1279,6 +1280,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(engine.stats().late, 0);
+    }
+
+    #[test]
+    fn a_keys_state_fits_the_allocators_128_byte_class() {
+        // mimalloc's classes go 112, 128, 160: at 129 bytes every key would take 32 more.
+        assert!(
+            std::mem::size_of::<Slot>() <= 128,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[test]

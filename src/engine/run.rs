@@ -4,7 +4,6 @@
 //!
 //! The rules implemented here are stated in docs/semantics.md; section numbers refer to it.
 
-use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
 use crate::compile::hir::{LoopMode, Skip, VarId};
@@ -14,6 +13,7 @@ use crate::lang::ast::Contiguity;
 
 use super::buffer::{Buffer, NIL};
 use super::eval::{self, Ctx};
+use super::inline::Inline;
 use super::trace::{Reason, Trace, What};
 
 /// A partial match.
@@ -95,7 +95,7 @@ pub struct KeyState {
     /// Matched events, shared between runs.
     pub buffer: Buffer,
     /// Partial matches.
-    pub runs: SmallVec<[Run; 1]>,
+    pub runs: Inline<Run>,
     /// Completed matches held back until earlier-started runs are decided (§5).
     pub pending: ThinVec<Found>,
     /// Sequence number of the next event.
@@ -121,8 +121,8 @@ impl KeyState {
     /// Heap bytes held beyond the key state itself: runs, held-back matches and entries that
     /// do not fit inline (not the shared events).
     pub fn heap_bytes(&self) -> usize {
-        use super::buffer::{inline_vec_bytes, thin_vec_bytes};
-        inline_vec_bytes(&self.runs) + thin_vec_bytes(&self.pending) + self.buffer.heap_bytes()
+        use super::buffer::thin_vec_bytes;
+        self.runs.heap_bytes() + thin_vec_bytes(&self.pending) + self.buffer.heap_bytes()
     }
 
     /// Releases the reference a [`Found`] holds.
@@ -191,7 +191,7 @@ impl KeyState {
         let mut created = std::mem::take(&mut scratch.created);
         created.clear();
         let mut runs = std::mem::take(&mut self.runs);
-        for mut run in runs.drain(..) {
+        for mut run in runs.drain() {
             let keep = self.step_run(
                 nfa,
                 &mut run,
@@ -680,8 +680,9 @@ impl KeyState {
                     dead = Some(latest.unwrap_or(now));
                 }
             }
-            if let Some(deadline) = dead {
-                let run = runs.swap_remove(i);
+            if let Some(deadline) = dead
+                && let Some(run) = runs.swap_remove(i)
+            {
                 if let Some(t) = trace.as_deref_mut() {
                     note_expired(t, &run, deadline, whole, timeouts);
                 }
