@@ -7,9 +7,9 @@
 use thin_vec::ThinVec;
 
 use crate::compile::hir::VarId;
+use crate::event::Event;
 
 use super::inline::Inline;
-use crate::event::Event;
 
 /// "No entry": the end of a chain.
 pub const NIL: u32 = u32::MAX;
