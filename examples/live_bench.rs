@@ -37,6 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: tern::alloc::Allocator = tern::alloc::Allocator;
+
 use tern::delivery::{Deliver, DeliverFuture, OutAlert, Outcome};
 use tern::io::pipeline::{Pipeline, Summary};
 use tokio_util::sync::CancellationToken;
@@ -237,51 +240,34 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 }
 
 /// A plain subscriber in place of tern (`--broker-only`): records when each reading arrived.
+/// It is the raw client below, so that what it measures is the broker, not a client library.
 struct Plain {
     seen: Arc<Mutex<HashMap<i64, Instant>>>,
     received: Arc<AtomicU64>,
-    client: rumqttc::AsyncClient,
+    stream: std::net::TcpStream,
 }
 
 impl Plain {
     async fn start(port: u16, id: &str) -> Plain {
-        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_inflight(1000)
-            .set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = rumqttc::AsyncClient::new(opts, 10_000);
-        client
-            .subscribe("bench/+/reading", rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        let mut stream = raw::connect(port, id);
+        raw::subscribe(&mut stream, "bench/+/reading");
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let received = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut tx = Some(tx);
         let (s, r) = (Arc::clone(&seen), Arc::clone(&received));
-        tokio::spawn(async move {
-            while let Ok(event) = events.poll().await {
-                match event {
-                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                        let now = Instant::now();
-                        r.fetch_add(1, Ordering::Relaxed);
-                        if let Some(seq) = seq_of(&p.payload) {
-                            s.lock().unwrap().insert(seq, now);
-                        }
-                    }
-                    _ => {}
+        let reader = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            raw::read_loop(reader, |payload| {
+                let now = Instant::now();
+                r.fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = seq_of(payload) {
+                    s.lock().unwrap().insert(seq, now);
                 }
-            }
+            })
         });
-        rx.await.unwrap();
         Plain {
             seen,
             received,
-            client,
+            stream,
         }
     }
 }
@@ -293,58 +279,67 @@ fn seq_of(payload: &[u8]) -> Option<i64> {
     rest.split(',').next()?.trim().parse().ok()
 }
 
-/// Latency phase: `rate` readings per second for `seconds`, spread over `publishers`
-/// connections; one in `every` is an alert (value over 100). Returns (seq, publish instant)
-/// of the alerting ones.
+/// Latency phase: `rate` readings per second for `seconds` from one raw connection (a
+/// thread of its own, writing what is due every 250 µs in one write); one in `every` is an
+/// alert (value over 100). Returns (seq, write instant) of the alerting ones, and the
+/// connection, to be kept open until the readings are through.
 async fn paced(
     port: u16,
-    prefix: &str,
+    id: &str,
     rate: u64,
     seconds: u64,
-    publishers: i64,
     every: i64,
-) -> Vec<(i64, Instant)> {
-    let n = (rate * seconds) as i64;
-    let epoch = now_ms();
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        let prefix = format!("{prefix}-{p}");
-        tasks.push(tokio::spawn(async move {
-            let (client, _acked) = connect(port, &prefix);
-            let mut sent = Vec::new();
-            // Publisher p sends seq p, p + P, p + 2P, ...: together, one reading per 1/rate.
-            let mut seq = p;
-            while seq < n {
-                let due = t0 + Duration::from_nanos(seq as u64 * 1_000_000_000 / rate);
-                tokio::time::sleep_until(due).await;
+) -> (Vec<(i64, Instant)>, std::net::TcpStream) {
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut stream = raw::connect(port, &id);
+        let reader = stream.try_clone().unwrap();
+        std::thread::spawn(move || raw::read_loop(reader, |_| {}));
+        let n = (rate * seconds) as i64;
+        let epoch = now_ms();
+        let t0 = Instant::now() + Duration::from_millis(50);
+        let due = |seq: i64| t0 + Duration::from_nanos(seq as u64 * 1_000_000_000 / rate);
+        let tick = Duration::from_micros(250);
+        let (mut sent, mut out, mut seq, mut packet_id) = (Vec::new(), Vec::new(), 0i64, 0u16);
+        while seq < n {
+            let now = Instant::now();
+            if due(seq) > now {
+                std::thread::sleep((due(seq) - now).max(tick));
+                continue;
+            }
+            out.clear();
+            while seq < n && due(seq) <= now {
                 let alert = seq % every == 0;
                 if alert {
-                    sent.push((seq, Instant::now()));
+                    sent.push((seq, now));
                 }
                 let value = if alert { 150.0 } else { 50.0 };
+                packet_id = packet_id % u16::MAX + 1;
                 // Event time = publish order in ms (ties keep arrival order).
-                publish(
-                    &client,
-                    seq % 100,
-                    payload(epoch + seq * 1000 / rate as i64, seq, value),
-                )
-                .await;
-                seq += publishers;
+                raw::publish(
+                    &mut out,
+                    &format!("bench/dev-{}/reading", seq % 100),
+                    packet_id,
+                    &payload(epoch + seq * 1000 / rate as i64, seq, value),
+                );
+                seq += 1;
             }
-            (client, sent)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut clients = Vec::new();
-    for t in tasks {
-        let (c, sent) = t.await.unwrap();
-        clients.push(c);
-        all.extend(sent);
-    }
-    // A reading a minute later releases the last ones.
-    publish(&clients[0], 0, payload(epoch + n + 60_000, -1, 0.0)).await;
-    all
+            stream.write_all(&out).unwrap();
+        }
+        // A reading a minute later releases the last ones.
+        out.clear();
+        raw::publish(
+            &mut out,
+            "bench/dev-0/reading",
+            packet_id % u16::MAX + 1,
+            &payload(epoch + n + 60_000, -1, 0.0),
+        );
+        stream.write_all(&out).unwrap();
+        (sent, stream)
+    })
+    .await
+    .unwrap()
 }
 
 /// Prints p50, p99 and max of publish-to-arrival.
@@ -355,6 +350,11 @@ fn report(what: &str, sent: &[(i64, Instant)], seen: &Mutex<HashMap<i64, Instant
             .filter_map(|(seq, at)| seen.get(seq).map(|t| t.saturating_duration_since(*at)))
             .collect()
     };
+    if std::env::var_os("LIVE_BENCH_DUMP").is_some() {
+        for (l, (seq, _)) in latencies.iter().zip(sent) {
+            eprintln!("{seq} {:.3}", l.as_secs_f64() * 1e3);
+        }
+    }
     latencies.sort();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
@@ -449,10 +449,10 @@ async fn main() {
                 total_messages as f64 / total.as_secs_f64(),
                 published.as_secs_f64(),
             );
-            let _ = sub.client.disconnect().await;
+            let _ = sub.stream.shutdown(std::net::Shutdown::Both);
         }
         let sub = Plain::start(port, "bench-plain-2").await;
-        let sent = paced(port, "bench-lat", rate, seconds, 1, every).await;
+        let (sent, _publisher) = paced(port, "bench-lat", rate, seconds, every).await;
         let want = sent.len();
         wait_for("the subscriber", Duration::from_secs(60), || {
             sent.iter()
@@ -538,7 +538,7 @@ async fn main() {
         sync,
     )
     .await;
-    let sent = paced(port, "bench-pub-latency", rate, seconds, 1, every).await;
+    let (sent, _publisher) = paced(port, "bench-pub-latency", rate, seconds, every).await;
     let want = sent.len();
     wait_for("the latency alerts", Duration::from_secs(60), || {
         tern.alerts() >= want
@@ -562,5 +562,126 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A minimal MQTT 3.1.1 client over a blocking socket, for the latency phase's load: rumqttc's
+/// per-message work (a request channel, a task wake-up and a write per packet) made the
+/// publisher and the plain subscriber take as much CPU as the broker at 50,000 messages/s on
+/// this 2-core machine, so the generator, not the broker or tern, set the latency.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+    }
+
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    /// Connects with a clean session and no keep-alive, and waits for CONNACK.
+    pub fn connect(port: u16, id: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut body = Vec::new();
+        string(&mut body, b"MQTT");
+        body.extend_from_slice(&[4, 0x02, 0, 0]);
+        string(&mut body, id.as_bytes());
+        let mut packet = vec![0x10];
+        remaining_length(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK");
+        stream
+    }
+
+    /// Appends a QoS 1 PUBLISH.
+    pub fn publish(out: &mut Vec<u8>, topic: &str, id: u16, payload: &[u8]) {
+        out.push(0x32);
+        remaining_length(out, 2 + topic.len() + 2 + payload.len());
+        string(out, topic.as_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// Subscribes to `filter` at QoS 1 and waits for SUBACK.
+    pub fn subscribe(stream: &mut TcpStream, filter: &str) {
+        let mut body = vec![0, 1];
+        string(&mut body, filter.as_bytes());
+        body.push(1);
+        let mut packet = vec![0x82];
+        remaining_length(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).unwrap();
+        let mut suback = [0u8; 5];
+        stream.read_exact(&mut suback).unwrap();
+        assert_eq!(suback[0], 0x90, "SUBACK");
+    }
+
+    /// Reads packets until the socket closes, calling `on_publish(payload)` for each PUBLISH
+    /// (acknowledging the QoS 1 ones, all of one read in one write) and ignoring the rest.
+    pub fn read_loop(mut stream: TcpStream, mut on_publish: impl FnMut(&[u8])) {
+        let mut writer = stream.try_clone().unwrap();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut acks = Vec::new();
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            // Fixed header: type and flags, then the remaining length (1-4 bytes).
+            while let Some(&first) = buf.get(at) {
+                let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+                let complete = loop {
+                    let Some(&b) = buf.get(i) else { break false };
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    i += 1;
+                    if b & 0x80 == 0 {
+                        break true;
+                    }
+                };
+                if !complete || buf.len() < i + len {
+                    break;
+                }
+                let body = &buf[i..i + len];
+                if first >> 4 == 3 {
+                    let qos = (first >> 1) & 3;
+                    let topic = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    let mut start = 2 + topic;
+                    if qos > 0 {
+                        acks.extend_from_slice(&[0x40, 2, body[start], body[start + 1]]);
+                        start += 2;
+                    }
+                    on_publish(&body[start..]);
+                }
+                at = i + len;
+            }
+            buf.drain(..at);
+            if !acks.is_empty() {
+                if writer.write_all(&acks).is_err() {
+                    return;
+                }
+                acks.clear();
+            }
+        }
     }
 }

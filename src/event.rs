@@ -137,6 +137,11 @@ impl ValueRef<'_> {
 #[derive(Clone, PartialEq)]
 pub struct Event(ThinArc<Head, Value>);
 
+thread_local! {
+    /// One event handed back by [`Event::recycle`], for the next [`Event::build`].
+    static SPARE: std::cell::Cell<Option<Event>> = const { std::cell::Cell::new(None) };
+}
+
 /// What an event holds besides its values.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Head {
@@ -164,25 +169,47 @@ impl Event {
         len: usize,
         fill: impl FnOnce(&mut [Value]) -> Result<Nanos, E>,
     ) -> Result<Event, E> {
-        let mut event = Event(ThinArc::from_header_and_iter(
-            Head { stream, time: 0 },
-            std::iter::repeat_n(Value::Null, len),
-        ));
+        let spare = SPARE.take().filter(|spare| spare.fields().len() == len);
+        let recycled = spare.is_some();
+        let mut event = spare.unwrap_or_else(|| {
+            Event(ThinArc::from_header_and_iter(
+                Head { stream, time: 0 },
+                std::iter::repeat_n(Value::Null, len),
+            ))
+        });
         let mut fill = Some(fill);
         let filled = event.0.with_arc_mut(|arc| {
             let inner = triomphe::Arc::get_mut(arc)?;
             let fill = fill.take()?;
+            if recycled {
+                // It still holds its old stream and values.
+                inner.header_mut().stream = stream;
+                inner.slice_mut().fill(Value::Null);
+            }
             Some(fill(inner.slice_mut()).map(|time| inner.header_mut().time = time))
         });
         match (filled, fill) {
             (Some(filled), _) => filled.map(|()| event),
-            // Not reached: a new event has no other reference. Filled on the side instead.
+            // Not reached: a new or recycled event has no other reference. Filled on the
+            // side instead.
             (None, Some(fill)) => {
                 let mut values = vec![Value::Null; len];
                 let time = fill(&mut values)?;
                 Ok(Event::new(stream, time, values))
             }
             (None, None) => Ok(event),
+        }
+    }
+
+    /// Hands back an event its user is done with. If nothing else holds it, the next
+    /// [`Event::build`] of as many values on this thread fills the same block: most events
+    /// start no match and are dropped as soon as the engine has seen them, and a block just
+    /// written is in cache where a fresh one is a miss on its first write (and a trip
+    /// through the allocator both ways).
+    pub fn recycle(self) {
+        if self.0.with_arc(|arc| arc.is_unique()) {
+            // Whatever was kept before is dropped here.
+            SPARE.set(Some(self));
         }
     }
 
@@ -284,6 +311,61 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_recycled_event_is_rebuilt_in_its_block_only_when_nothing_else_holds_it() {
+        let build = |stream, x: i64| {
+            Event::build(stream, 2, |v| {
+                v[1] = Value::Int(x);
+                Ok::<_, ()>(x)
+            })
+            .unwrap()
+        };
+        let first = build(1, 10);
+        let block = first.address();
+        first.recycle();
+        // Same length: the same block, with the new stream, time and values (the field the
+        // fill left alone is null again, not the old one).
+        let second = Event::build(3, 2, |v| {
+            assert!(v.iter().all(Value::is_null), "stale values: {v:?}");
+            v[0] = Value::Str("k".into());
+            Ok::<_, ()>(20)
+        })
+        .unwrap();
+        assert_eq!(second.address(), block);
+        assert_eq!(
+            (second.stream(), second.time(), second.fields()),
+            (3, 20, &[Value::Str("k".into()), Value::Null][..])
+        );
+        // Shared: not recycled, and the holder's event is untouched.
+        let held = second.clone();
+        second.recycle();
+        let third = build(1, 30);
+        assert_ne!(third.address(), block);
+        assert_eq!(held.fields()[0], Value::Str("k".into()));
+        // Another length: a new block; the spare is dropped, not reused wrongly.
+        third.recycle();
+        let longer = Event::build(1, 3, |_| Ok::<_, ()>(40)).unwrap();
+        assert_eq!(
+            longer.fields(),
+            &[Value::Null, Value::Null, Value::Null][..]
+        );
+        // A fill that gives up leaves nothing half-built behind for the next one.
+        longer.recycle();
+        assert!(
+            Event::build(1, 3, |v| {
+                v[0] = Value::Int(1);
+                Err::<Nanos, _>(())
+            })
+            .is_err()
+        );
+        let next = Event::build(1, 3, |v| {
+            assert!(v.iter().all(Value::is_null), "stale values: {v:?}");
+            Ok::<_, ()>(50)
+        })
+        .unwrap();
+        assert_eq!(next.time(), 50);
+    }
 
     #[test]
     fn an_event_is_built_in_place_and_edited_only_while_unshared() {

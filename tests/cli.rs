@@ -126,3 +126,74 @@ fn explain_prints_text_and_dot() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("did you mean `congestion`"));
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_dead_lettered_and_the_replay_goes_on() {
+    // The workload with one line's bytes broken halfway through the file, and CRLF endings.
+    let text = std::fs::read_to_string(workload("jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let broken = lines.len() / 2;
+    let mut bytes = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i == broken {
+            bytes.extend_from_slice(&l.as_bytes()[..20]);
+            bytes.push(0xff);
+        } else {
+            bytes.extend_from_slice(l.as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+    }
+    let input = tmp("not-utf8.jsonl");
+    std::fs::write(&input, &bytes).unwrap();
+    let dead = tmp("not-utf8-dead.jsonl");
+    let args = |input: &Path, dead: &Path| {
+        tern(&[
+            "replay",
+            "--rules",
+            "benches/workload.tern",
+            "benches/p3.tern",
+            "--input",
+            input.to_str().unwrap(),
+            "--dead-letter",
+            dead.to_str().unwrap(),
+            "--no-emitted-at",
+            "--stats",
+        ])
+    };
+    let out = args(&input, &dead);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "line {}: invalid JSON: not UTF-8 (byte 21)",
+            broken + 1
+        )),
+        "{stderr}"
+    );
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["line"], broken as u64 + 1);
+    assert_eq!(letters[0]["reason"], "invalid_json");
+    assert!(letters[0]["input"].as_str().unwrap().ends_with('\u{fffd}'));
+    // Every other line counts as an event: the same as the file without the broken line.
+    let events = |stderr: &str| -> u64 {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("events ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no events count in {stderr}"))
+    };
+    let whole = tmp("not-utf8-whole.jsonl");
+    let mut without: Vec<&str> = lines.clone();
+    without.remove(broken);
+    std::fs::write(&whole, without.join("\n")).unwrap();
+    let reference = args(&whole, &tmp("not-utf8-dead2.jsonl"));
+    assert_eq!(
+        events(&stderr),
+        events(&String::from_utf8_lossy(&reference.stderr))
+    );
+    assert_eq!(out.stdout, reference.stdout);
+}

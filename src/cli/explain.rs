@@ -2,7 +2,7 @@
 //! a trace of what the rule did with each recorded event.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -119,12 +119,12 @@ fn trace(args: &ExplainArgs, loaded: &crate::compile::Loaded) -> anyhow::Result<
         ),
         None => program.sole_input(),
     };
-    let reader: Box<dyn BufRead> = if input_name == "-" {
+    let reader: Box<dyn Read> = if input_name == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let f =
-            std::fs::File::open(input_name).with_context(|| format!("cannot open {input_name}"))?;
-        Box::new(std::io::BufReader::new(f))
+        Box::new(
+            std::fs::File::open(input_name).with_context(|| format!("cannot open {input_name}"))?,
+        )
     };
     let mut printer = Printer {
         out: Box::new(BufWriter::new(std::io::stdout().lock())),
@@ -168,23 +168,15 @@ fn trace(args: &ExplainArgs, loaded: &crate::compile::Loaded) -> anyhow::Result<
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
-            let mut reader = reader;
-            let mut line = String::new();
-            let mut i = 0u64;
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).context("cannot read input")? == 0 {
-                    break;
-                }
-                i += 1;
-                let l = line.trim_end_matches(['\n', '\r']);
-                if l.trim().is_empty() {
-                    continue;
-                }
-                let rec = if args.input_format == InputFormat::Capture {
-                    input::capture(&program, &loaded.profiles, l)
-                } else {
-                    json_reader.line(l)
+            let mut lines = input::Lines::new(reader);
+            while let Some((i, line)) = lines.next_line().context("cannot read input")? {
+                let rec = match input::line_text(line) {
+                    Ok(l) if l.trim().is_empty() => continue,
+                    Ok(l) if args.input_format == InputFormat::Capture => {
+                        input::capture(&program, &loaded.profiles, l)
+                    }
+                    Ok(l) => json_reader.line(l),
+                    Err(e) => Err(e),
                 };
                 feed(i, rec, &mut engine, &mut printer)?;
             }

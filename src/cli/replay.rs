@@ -1,6 +1,6 @@
 //! `tern replay`: evaluates rules over recorded events in event time; alerts as JSONL.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -179,12 +179,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         None => program.sole_input(),
     };
 
-    let reader: Box<dyn BufRead> = if args.input == "-" {
+    // Unbuffered: CSV buffers in its reader, and JSON Lines are read a block at a time.
+    let reader: Box<dyn Read> = if args.input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let f = std::fs::File::open(&args.input)
-            .with_context(|| format!("cannot open {}", args.input))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("cannot open {}", args.input))?,
+        )
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -265,23 +267,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
-            let mut reader = reader;
-            let mut line = String::with_capacity(256);
-            let mut i = 0usize;
-            loop {
-                line.clear();
-                // One buffer for every line: no allocation per line.
-                if reader.read_line(&mut line).context("cannot read input")? == 0 {
-                    break;
-                }
-                i += 1;
-                let line = line.trim_end_matches(['\n', '\r']);
+            let mut lines = input::Lines::new(reader);
+            while let Some((i, line)) = lines.next_line().context("cannot read input")? {
+                let line = match input::line_text(line) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        let text = String::from_utf8_lossy(line);
+                        feed(i, &text, Some(Err(e)), &mut runner, &mut emit)?;
+                        continue;
+                    }
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
                 let rec = (args.format == InputFormat::Capture)
                     .then(|| input::capture(&program, &profiles, line));
-                feed(i as u64, line, rec, &mut runner, &mut emit)?;
+                feed(i, line, rec, &mut runner, &mut emit)?;
             }
         }
     }

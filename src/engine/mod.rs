@@ -542,6 +542,7 @@ impl Group {
                 Consumer::Rule(r) => self.feed_rule(r, &mut event, out),
             }
         }
+        event.recycle();
     }
 
     /// Feeds one released event to rule `r`, for the event's key.

@@ -69,6 +69,78 @@ impl BadLine {
     }
 }
 
+/// Reads lines a block at a time: one read per megabyte, each line a slice of the block, so
+/// nothing is copied or allocated per line (a line longer than the block grows it).
+pub struct Lines<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    line_no: u64,
+}
+
+impl<R: std::io::Read> Lines<R> {
+    /// Lines of `inner`.
+    pub fn new(inner: R) -> Lines<R> {
+        Lines {
+            inner,
+            buf: vec![0; 1 << 20],
+            start: 0,
+            end: 0,
+            eof: false,
+            line_no: 0,
+        }
+    }
+
+    /// The next line and its number (from 1), without its `\n` and trailing `\r`s.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(u64, &[u8])>> {
+        let line = loop {
+            let pending = &self.buf[self.start..self.end];
+            if let Some(i) = memchr::memchr(b'\n', pending) {
+                let line = self.start..self.start + i;
+                self.start += i + 1;
+                break line;
+            }
+            if self.eof {
+                if pending.is_empty() {
+                    return Ok(None);
+                }
+                let line = self.start..self.end;
+                self.start = self.end;
+                break line;
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        self.line_no += 1;
+        let mut bytes = &self.buf[line];
+        while let [rest @ .., b'\r'] = bytes {
+            bytes = rest;
+        }
+        Ok(Some((self.line_no, bytes)))
+    }
+}
+
+/// A line's text; one that is not UTF-8 is rejected on its own (it is not JSON), where
+/// reading it as text used to end the whole input.
+pub fn line_text(bytes: &[u8]) -> Result<&str, BadLine> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| BadLine::InvalidJson(format!("not UTF-8 (byte {})", e.valid_up_to() + 1)))
+}
+
 /// Converts JSON lines into records for one program.
 pub struct JsonReader<'p> {
     program: &'p Program,
@@ -737,6 +809,77 @@ mod tests {
 
     use super::*;
     use crate::lang::source::Sources;
+
+    /// Hands out at most `step` bytes per read, and an interruption now and then.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        reads: usize,
+    }
+
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            if self.reads.is_multiple_of(7) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn all_lines(data: &[u8], step: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut lines = Lines::new(Trickle {
+            data: data.to_vec(),
+            at: 0,
+            step,
+            reads: 0,
+        });
+        let mut out = Vec::new();
+        while let Some((n, line)) = lines.next_line().unwrap() {
+            out.push((n, line.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn block_lines_match_line_by_line_reading_across_block_edges() {
+        // Lines longer than the 1 MiB block, CRLF, blank lines, no final newline.
+        let long = "x".repeat(3 << 20);
+        let text = format!("a\r\n\n{long}\nbc\r\r\n{long}y\n\nlast");
+        let expected: Vec<(u64, Vec<u8>)> = text
+            .split('\n')
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l.trim_end_matches('\r').as_bytes().to_vec()))
+            .collect();
+        for step in [1 << 20, 4096, 999_983] {
+            assert_eq!(
+                all_lines(text.as_bytes(), step),
+                expected,
+                "reads of {step} bytes"
+            );
+        }
+        // A final newline ends the last line; it does not start an empty one.
+        assert_eq!(
+            all_lines(b"a\nb\n", 3),
+            vec![(1, b"a".to_vec()), (2, b"b".to_vec())]
+        );
+        assert!(all_lines(b"", 3).is_empty());
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_rejected_alone() {
+        let got = all_lines(b"{\"a\": 1}\n{\"a\": \"\xff\"}\n{\"a\": 2}\n", 5);
+        assert_eq!(got.len(), 3);
+        assert_eq!(line_text(&got[0].1), Ok("{\"a\": 1}"));
+        let err = line_text(&got[1].1).unwrap_err();
+        assert_eq!(err.reason(), "invalid_json");
+        assert_eq!(err.to_string(), "invalid JSON: not UTF-8 (byte 8)");
+        assert_eq!(line_text(&got[2].1), Ok("{\"a\": 2}"));
+    }
 
     const STREAM: &str = "stream s { id: string, ts: timestamp, x: float, n: int?, ok: bool?, \
                           label: string?, time ts }";
