@@ -207,7 +207,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let mut reported = std::collections::HashSet::new();
     let mut reject = |line_no: u64,
-                      line: &str,
+                      line: &[u8],
                       err: &dyn std::fmt::Display,
                       reason: &'static str| {
         *rejected.entry(reason).or_default() += 1;
@@ -217,7 +217,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             );
         }
         if let Some(d) = dead.as_mut() {
-            let rec = serde_json::json!({"line": line_no, "reason": reason, "error": err.to_string(), "input": line});
+            let rec = serde_json::json!({"line": line_no, "reason": reason, "error": err.to_string(), "input": String::from_utf8_lossy(line)});
             let _ = writeln!(d, "{rec}");
         }
     };
@@ -230,7 +230,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     let json_reader = input::JsonReader::new(&program, default_stream);
     // `rec: None` is a JSON line not decoded yet: sharded workers decode it themselves.
     let mut feed = |line_no: u64,
-                    line: &str,
+                    line: &[u8],
                     rec: Option<Result<Record, BadLine>>,
                     runner: &mut Runner,
                     emit: &mut dyn FnMut(Alert)|
@@ -244,7 +244,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             }
             return Ok(());
         }
-        match rec.unwrap_or_else(|| json_reader.line(line)) {
+        match rec.unwrap_or_else(|| json_reader.bytes(line)) {
             Ok(Record::Event(ev)) => {
                 if let Err(late) = runner.push(ev, emit)? {
                     reject(line_no, line, &late, "late");
@@ -263,25 +263,20 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             let stream = default_stream
                 .context("CSV input needs --stream when the rules read several streams")?;
             for (line_no, rec) in input::csv_records(&program, stream, reader) {
-                feed(line_no, "", Some(rec), &mut runner, &mut emit)?;
+                feed(line_no, b"", Some(rec), &mut runner, &mut emit)?;
             }
         }
         InputFormat::Jsonl | InputFormat::Capture => {
             let mut lines = input::Lines::new(reader);
             while let Some((i, line)) = lines.next_line().context("cannot read input")? {
-                let line = match input::line_text(line) {
-                    Ok(line) => line,
-                    Err(e) => {
-                        let text = String::from_utf8_lossy(line);
-                        feed(i, &text, Some(Err(e)), &mut runner, &mut emit)?;
-                        continue;
-                    }
-                };
-                if line.trim().is_empty() {
+                // JSON's whitespace is ASCII.
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let rec = (args.format == InputFormat::Capture)
-                    .then(|| input::capture(&program, &profiles, line));
+                // JSON Lines are checked for UTF-8 by the decoder, string by string.
+                let rec = (args.format == InputFormat::Capture).then(|| {
+                    input::line_text(line).and_then(|l| input::capture(&program, &profiles, l))
+                });
                 feed(i, line, rec, &mut runner, &mut emit)?;
             }
         }

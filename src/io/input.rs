@@ -158,6 +158,12 @@ impl<'p> JsonReader<'p> {
 
     /// Parses one line (already known not to be blank).
     pub fn line(&self, line: &str) -> Result<Record, BadLine> {
+        self.bytes(line.as_bytes())
+    }
+
+    /// Parses one line as read (already known not to be blank): not UTF-8 is an error of
+    /// that line.
+    pub fn bytes(&self, line: &[u8]) -> Result<Record, BadLine> {
         // The common case, an event of the default stream, is decoded straight into the
         // schema's slots without building a JSON tree; anything else takes the general path.
         if let Some(stream) = self.default_stream {
@@ -167,6 +173,10 @@ impl<'p> JsonReader<'p> {
             }
             // Fall through: the general path reports the precise error.
         }
+        self.general(line_text(line)?)
+    }
+
+    fn general(&self, line: &str) -> Result<Record, BadLine> {
         let json: Json =
             serde_json::from_str(line).map_err(|e| BadLine::InvalidJson(e.to_string()))?;
         let Json::Object(obj) = json else {
@@ -406,8 +416,9 @@ pub(crate) mod fast {
     use crate::compile::schema::StreamSchema;
     use crate::event::{Event, Nanos, Value, ValueRef};
 
+    /// A line's bytes: the grammar allows bytes past ASCII only inside strings, so only a
+    /// string's text is checked for UTF-8, not the whole line.
     struct Scan<'a> {
-        line: &'a str,
         b: &'a [u8],
         i: usize,
     }
@@ -437,8 +448,7 @@ pub(crate) mod fast {
                 let c = *self.b.get(self.i)?;
                 self.i += 1;
                 match c {
-                    // Quotes are ASCII: the slice falls on character boundaries.
-                    b'"' => return self.line.get(start..self.i - 1),
+                    b'"' => return std::str::from_utf8(self.b.get(start..self.i - 1)?).ok(),
                     // Escapes need decoding and raw control characters are invalid JSON.
                     b'\\' | 0..=0x1f => return None,
                     _ => {}
@@ -451,7 +461,7 @@ pub(crate) mod fast {
             let start = self.i;
             let negative = self.eat(b'-').is_some();
             let mut n = Number {
-                text: "",
+                text: &[],
                 integer: true,
                 negative,
                 mantissa: 0,
@@ -490,7 +500,7 @@ pub(crate) mod fast {
                     self.i += 1;
                 }
             }
-            n.text = self.line.get(start..self.i)?;
+            n.text = self.b.get(start..self.i)?;
             // serde_json reads `-0` as a float.
             n.integer &= !(negative && n.digits == 1 && n.mantissa == 0);
             Some(n)
@@ -533,7 +543,8 @@ pub(crate) mod fast {
 
     /// A number as the scanner read it: its text, and its digits as an integer mantissa.
     struct Number<'a> {
-        text: &'a str,
+        /// ASCII, as the grammar checked it.
+        text: &'a [u8],
         /// No fraction, no exponent, and not `-0`.
         integer: bool,
         negative: bool,
@@ -557,7 +568,7 @@ pub(crate) mod fast {
                 let m = self.mantissa as i64;
                 return Some(if self.negative { -m } else { m });
             }
-            self.text.parse().ok()
+            std::str::from_utf8(self.text).ok()?.parse().ok()
         }
 
         /// The number as serde_json reads it into an f64. Short decimals (at most 15 digits,
@@ -574,21 +585,25 @@ pub(crate) mod fast {
                 // serde_json reads an integer as i64 (or u64) and converts.
                 return match self.int() {
                     Some(i) => Some(i as f64),
-                    None => self.text.parse::<u64>().ok().map(|u| u as f64),
+                    None => std::str::from_utf8(self.text)
+                        .ok()?
+                        .parse::<u64>()
+                        .ok()
+                        .map(|u| u as f64),
                 };
             }
             let f = if !self.exponent && self.digits <= 15 {
                 let f = self.mantissa as f64 / POW10[self.scale as usize];
                 if self.negative { -f } else { f }
             } else {
-                serde_json::from_str::<f64>(self.text).ok()?
+                serde_json::from_slice::<f64>(self.text).ok()?
             };
             f.is_finite().then_some(f)
         }
     }
 
     /// The event, or `None` when the line needs the general path (which explains errors).
-    pub fn decode(schema: &StreamSchema, stream: StreamId, line: &str) -> Option<Event> {
+    pub fn decode(schema: &StreamSchema, stream: StreamId, line: &[u8]) -> Option<Event> {
         Event::build(stream.0, schema.fields.len(), |values| {
             scan(schema, line, u64::MAX, |i, v| {
                 if let Some(slot) = values.get_mut(i) {
@@ -609,7 +624,7 @@ pub(crate) mod fast {
     /// when `decode` gives `None`.
     pub fn time_and_key<'a>(
         schema: &StreamSchema,
-        line: &'a str,
+        line: &'a [u8],
         fields: &[u16],
         mut key: impl FnMut(ValueRef<'a>),
     ) -> Option<Nanos> {
@@ -647,7 +662,7 @@ pub(crate) mod fast {
     /// line needs the general path.
     fn scan<'a>(
         schema: &StreamSchema,
-        line: &'a str,
+        line: &'a [u8],
         wanted: u64,
         mut field: impl FnMut(usize, ValueRef<'a>),
     ) -> Option<()> {
@@ -658,11 +673,7 @@ pub(crate) mod fast {
             return None;
         }
         let (mut seen, mut nulls) = (0u64, 0u64);
-        let mut s = Scan {
-            line,
-            b: line.as_bytes(),
-            i: 0,
-        };
+        let mut s = Scan { b: line, i: 0 };
         s.ws();
         s.eat(b'{')?;
         s.ws();
@@ -962,7 +973,7 @@ mod tests {
         let schema = program.stream(stream);
         for line in TRICKY {
             let want = general(&program, line);
-            match fast::decode(schema, stream, line) {
+            match fast::decode(schema, stream, line.as_bytes()) {
                 Some(ev) => assert_eq!(Ok(ev), want, "{line}"),
                 None => {
                     // Deferring is always allowed; it must be for every line the general
@@ -970,12 +981,49 @@ mod tests {
                 }
             }
             if want.is_err() {
-                assert!(fast::decode(schema, stream, line).is_none(), "{line}");
+                assert!(
+                    fast::decode(schema, stream, line.as_bytes()).is_none(),
+                    "{line}"
+                );
             }
         }
         // The common shapes take the fast path.
         for line in &TRICKY[..3] {
-            assert!(fast::decode(schema, stream, line).is_some(), "{line}");
+            assert!(
+                fast::decode(schema, stream, line.as_bytes()).is_some(),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_defer_to_the_general_path_wherever_they_are() {
+        let program = program();
+        let stream = program.stream_id("s").unwrap();
+        let schema = program.stream(stream);
+        let reader = JsonReader::new(&program, Some(stream));
+        let good = b"{\"id\":\"a\xc3\xa9\",\"ts\":1,\"x\":1}";
+        assert!(fast::decode(schema, stream, good).is_some());
+        // In a key value, in a field the schema does not have, in a name, outside strings,
+        // and a character cut short at the end of a string.
+        for line in [
+            &b"{\"id\":\"a\xff\",\"ts\":1,\"x\":1}"[..],
+            b"{\"id\":\"a\",\"ts\":1,\"x\":1,\"extra\":\"\xfe\"}",
+            b"{\"id\":\"a\",\"ts\":1,\"x\":1,\"\xff\":1}",
+            b"{\"id\":\"a\",\"ts\":1,\"x\":1}\xff",
+            b"{\"id\":\"a\xc3\",\"ts\":1,\"x\":1}",
+        ] {
+            assert!(fast::decode(schema, stream, line).is_none(), "{line:?}");
+            assert_eq!(
+                fast::time_and_key(schema, line, &[0], |_| {}),
+                None,
+                "{line:?}"
+            );
+            let err = reader.bytes(line).unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid JSON: not UTF-8"),
+                "{err}"
+            );
         }
     }
 
@@ -988,8 +1036,9 @@ mod tests {
         let key = [3u16, 0];
         for line in TRICKY {
             let mut got = Vec::new();
-            let time = fast::time_and_key(schema, line, &key, |v| got.push(v.to_value()));
-            match fast::decode(schema, stream, line) {
+            let time =
+                fast::time_and_key(schema, line.as_bytes(), &key, |v| got.push(v.to_value()));
+            match fast::decode(schema, stream, line.as_bytes()) {
                 Some(ev) => {
                     assert_eq!(time, Some(ev.time()), "{line}");
                     let want: Vec<Value> = key
@@ -1020,7 +1069,7 @@ mod tests {
             let digits = (seed % 17) as usize;
             for text in [format!("{x}"), format!("{x:.digits$}"), format!("{x:e}")] {
                 let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
-                if let Some(ev) = fast::decode(schema, stream, &line) {
+                if let Some(ev) = fast::decode(schema, stream, line.as_bytes()) {
                     let want = general(&program, &line).unwrap();
                     match (&ev.fields()[2], &want.fields()[2]) {
                         (Value::Float(a), Value::Float(b)) => {
@@ -1044,7 +1093,7 @@ mod tests {
             ] {
                 let line = format!(r#"{{"id":"a","ts":{ts},"x":{x},"n":{n}}}"#);
                 let want = general(&program, &line);
-                match fast::decode(schema, stream, &line) {
+                match fast::decode(schema, stream, line.as_bytes()) {
                     Some(got) => {
                         let want = want.unwrap();
                         assert_eq!(got.time(), want.time(), "{line}");
@@ -1073,7 +1122,7 @@ mod tests {
             let text = format!("{sign}{int}.{frac}");
             let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
             let want = general(&program, &line).unwrap();
-            let got = fast::decode(schema, stream, &line).map(|e| e.fields()[2].clone());
+            let got = fast::decode(schema, stream, line.as_bytes()).map(|e| e.fields()[2].clone());
             match (&got, &want.fields()[2]) {
                 (Some(Value::Float(a)), Value::Float(b)) => {
                     assert_eq!(a.to_bits(), b.to_bits(), "{line}")

@@ -118,7 +118,7 @@ impl Router {
         &self,
         schema: &StreamSchema,
         stream: StreamId,
-        line: &str,
+        line: &[u8],
     ) -> Option<(usize, Nanos)> {
         let fields = match self.routes.get(stream.0 as usize) {
             Some(Some(fields)) => fields.as_slice(),
@@ -235,7 +235,7 @@ enum Msg {
     /// One epoch: this worker's records, then how far each group's time has gone.
     Batch {
         items: Vec<Item>,
-        text: String,
+        text: Vec<u8>,
         times: Vec<Nanos>,
     },
     /// End of input: advance time to the end (when `flush`), report and stop.
@@ -254,7 +254,7 @@ struct Worker {
     rx: Receiver<Reply>,
     handle: JoinHandle<()>,
     pending: Vec<Item>,
-    text: String,
+    text: Vec<u8>,
 }
 
 /// N engines over the same program, fed by the calling thread.
@@ -306,7 +306,7 @@ impl Sharded {
                 rx,
                 handle,
                 pending: Vec::with_capacity(BATCH),
-                text: String::new(),
+                text: Vec::new(),
             });
         }
         Ok(Sharded {
@@ -329,7 +329,7 @@ impl Sharded {
     /// lines); decode it and pass the event to [`Sharded::push`].
     pub fn push_line(
         &mut self,
-        line: &str,
+        line: &[u8],
         out: &mut dyn FnMut(Alert),
     ) -> anyhow::Result<Option<Result<(), Late>>> {
         let Some(Some(stream)) = self.lines else {
@@ -345,7 +345,7 @@ impl Sharded {
         }
         if let Some(worker) = self.workers.get_mut(w) {
             let start = worker.text.len();
-            worker.text.push_str(line);
+            worker.text.extend_from_slice(line);
             worker.pending.push(Item::Line(start, worker.text.len()));
         }
         self.tick(out)?;
@@ -507,7 +507,7 @@ fn work(
                     let event = match item {
                         Item::Event(e) => e,
                         // The reader scanned this line with the same scanner: it is an event.
-                        Item::Line(a, b) => match text.get(a..b).map(|l| reader.line(l)) {
+                        Item::Line(a, b) => match text.get(a..b).map(|l| reader.bytes(l)) {
                             Some(Ok(crate::io::input::Record::Event(e))) => e,
                             _ => continue,
                         },
