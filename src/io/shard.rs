@@ -245,6 +245,9 @@ enum Msg {
 enum Reply {
     /// The alerts of one epoch, in the worker's order.
     Epoch(Vec<Alert>),
+    /// An epoch's buffers, emptied, for the reader to fill again: fresh ones cost page
+    /// faults and copies as they grow, every epoch.
+    Spent { items: Vec<Item>, text: Vec<u8> },
     /// The worker's counters at the end.
     Done(Stats),
 }
@@ -255,6 +258,8 @@ struct Worker {
     handle: JoinHandle<()>,
     pending: Vec<Item>,
     text: Vec<u8>,
+    /// Buffers the worker gave back.
+    spare: Vec<(Vec<Item>, Vec<u8>)>,
 }
 
 /// N engines over the same program, fed by the calling thread.
@@ -297,7 +302,9 @@ impl Sharded {
         for i in 0..router.workers {
             let engine = Engine::new(Arc::clone(&program))?;
             let (tx, in_rx) = sync_channel::<Msg>(QUEUE);
-            let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 4);
+            // Two replies per epoch (its buffers, then its alerts); the reader takes them after
+            // each epoch it sends, and a worker runs at most QUEUE epochs ahead of it.
+            let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 8);
             let handle = std::thread::Builder::new()
                 .name(format!("tern-worker-{i}"))
                 .spawn(move || work(engine, lines, in_rx, out_tx))?;
@@ -307,6 +314,7 @@ impl Sharded {
                 handle,
                 pending: Vec::with_capacity(BATCH),
                 text: Vec::new(),
+                spare: Vec::new(),
             });
         }
         Ok(Sharded {
@@ -389,8 +397,12 @@ impl Sharded {
     fn send_epoch(&mut self) -> anyhow::Result<()> {
         self.in_epoch = 0;
         for w in &mut self.workers {
-            let items = std::mem::replace(&mut w.pending, Vec::with_capacity(BATCH));
-            let text = std::mem::take(&mut w.text);
+            let (items, text) = w
+                .spare
+                .pop()
+                .unwrap_or_else(|| (Vec::with_capacity(BATCH), Vec::new()));
+            let items = std::mem::replace(&mut w.pending, items);
+            let text = std::mem::replace(&mut w.text, text);
             let msg = Msg::Batch {
                 items,
                 text,
@@ -409,7 +421,7 @@ impl Sharded {
     fn collect(&mut self, wait: bool, out: &mut dyn FnMut(Alert)) -> anyhow::Result<()> {
         // Epoch k of worker w is the k-th reply on its channel: `gathered` holds the
         // outstanding epochs oldest first.
-        for (wi, w) in self.workers.iter().enumerate() {
+        for (wi, w) in self.workers.iter_mut().enumerate() {
             while let Some(slot) = self.gathered.iter_mut().find(|e| e[wi].is_none()) {
                 let reply = if wait {
                     w.rx.recv()
@@ -422,6 +434,7 @@ impl Sharded {
                 };
                 match reply {
                     Reply::Epoch(alerts) => slot[wi] = Some(alerts),
+                    Reply::Spent { items, text } => w.spare.push((items, text)),
                     Reply::Done(_) => anyhow::bail!("a worker stopped early"),
                 }
             }
@@ -502,8 +515,12 @@ fn work(
     while let Ok(msg) = rx.recv() {
         let mut emit = |a: Alert| alerts.push(a);
         match msg {
-            Msg::Batch { items, text, times } => {
-                for item in items {
+            Msg::Batch {
+                mut items,
+                mut text,
+                times,
+            } => {
+                for item in items.drain(..) {
                     let event = match item {
                         Item::Event(e) => e,
                         // The reader scanned this line with the same scanner: it is an event.
@@ -521,7 +538,10 @@ fn work(
                         engine.advance_group(g, t, &mut emit);
                     }
                 }
-                if tx.send(Reply::Epoch(std::mem::take(&mut alerts))).is_err() {
+                text.clear();
+                if tx.send(Reply::Spent { items, text }).is_err()
+                    || tx.send(Reply::Epoch(std::mem::take(&mut alerts))).is_err()
+                {
                     return;
                 }
             }
