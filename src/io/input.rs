@@ -605,11 +605,17 @@ pub(crate) mod fast {
     /// The event, or `None` when the line needs the general path (which explains errors).
     pub fn decode(schema: &StreamSchema, stream: StreamId, line: &[u8]) -> Option<Event> {
         Event::build(stream.0, schema.fields.len(), |values| {
-            scan(schema, line, u64::MAX, |i, v| {
-                if let Some(slot) = values.get_mut(i) {
-                    *slot = v.to_value();
-                }
-            })
+            scan(
+                schema,
+                line,
+                u64::MAX,
+                |i, v| {
+                    if let Some(slot) = values.get_mut(i) {
+                        *slot = v.to_value();
+                    }
+                },
+                |_, _, _| {},
+            )
             .ok_or(())?;
             match values.get(schema.time_field) {
                 Some(Value::Timestamp(t)) => Ok(*t),
@@ -621,40 +627,99 @@ pub(crate) mod fast {
 
     /// What [`decode`] would give, reduced to the event time and the values of `fields`
     /// (fed to `key`, in the order of `fields`), without building the event: `None` exactly
-    /// when `decode` gives `None`.
+    /// when `decode` gives `None`. With `spans`, also appends where each field's value lies
+    /// in the line (two offsets per field of the schema, both 0 when absent), so that
+    /// [`decode_at`] can build the event without scanning the line again.
     pub fn time_and_key<'a>(
         schema: &StreamSchema,
         line: &'a [u8],
         fields: &[u16],
         mut key: impl FnMut(ValueRef<'a>),
+        mut spans: Option<&mut Vec<u32>>,
     ) -> Option<Nanos> {
         let mut time = None;
         // Key values arrive in line order; they are fed in key order once all are known.
         let mut found: [Option<ValueRef<'a>>; 4] = [None; 4];
-        if fields.len() > found.len() {
+        // Spans are u32 offsets: a longer line takes the general path.
+        if fields.len() > found.len() || u32::try_from(line.len()).is_err() {
             return None;
         }
         let mut wanted = 1u64 << schema.time_field.min(63);
         for f in fields {
             wanted |= 1u64 << (*f).min(63);
         }
-        scan(schema, line, wanted, |i, v| {
-            if i == schema.time_field {
-                time = match v {
-                    ValueRef::Timestamp(t) => Some(t),
-                    _ => None,
-                };
-            }
-            for (k, f) in fields.iter().enumerate() {
-                if *f as usize == i {
-                    found[k] = Some(v);
+        let first = spans.as_deref().map_or(0, Vec::len);
+        if let Some(spans) = spans.as_deref_mut() {
+            spans.resize(first + 2 * schema.fields.len(), 0);
+        }
+        let scanned = scan(
+            schema,
+            line,
+            wanted,
+            |i, v| {
+                if i == schema.time_field {
+                    time = match v {
+                        ValueRef::Timestamp(t) => Some(t),
+                        _ => None,
+                    };
                 }
+                for (k, f) in fields.iter().enumerate() {
+                    if *f as usize == i {
+                        found[k] = Some(v);
+                    }
+                }
+            },
+            |i, start, end| {
+                let at = first + 2 * i;
+                if let Some([a, b]) = spans.as_deref_mut().and_then(|s| s.get_mut(at..at + 2)) {
+                    // Both fit: the line's length does.
+                    (*a, *b) = (start as u32, end as u32);
+                }
+            },
+        );
+        if scanned.is_none() {
+            if let Some(spans) = spans {
+                spans.truncate(first);
             }
-        })?;
+            return None;
+        }
         for v in found.iter().take(fields.len()) {
             key(v.unwrap_or(ValueRef::Null));
         }
         time
+    }
+
+    /// The event [`decode`] gives for a line [`time_and_key`] accepted, built from the spans
+    /// it recorded (`spans`: two offsets per field) without scanning the line again. `None`
+    /// if the spans do not fit the line (the caller then decodes it in full).
+    pub fn decode_at(
+        schema: &StreamSchema,
+        stream: StreamId,
+        line: &[u8],
+        spans: &[u32],
+    ) -> Option<Event> {
+        Event::build(stream.0, schema.fields.len(), |values| {
+            for (i, (slot, f)) in values.iter_mut().zip(&schema.fields).enumerate() {
+                let (a, b) = match spans.get(2 * i..2 * i + 2) {
+                    Some(&[a, b]) => (a as usize, b as usize),
+                    _ => return Err(()),
+                };
+                // Absent (a value is never empty): null, as decoding leaves it.
+                if a == b {
+                    continue;
+                }
+                let mut s = Scan {
+                    b: line.get(a..b).ok_or(())?,
+                    i: 0,
+                };
+                *slot = value(&mut s, ty_of(f.ty.base)).ok_or(())?.to_value();
+            }
+            match values.get(schema.time_field) {
+                Some(Value::Timestamp(t)) => Ok(*t),
+                _ => Err(()),
+            }
+        })
+        .ok()
     }
 
     /// Reads one flat JSON object of `schema`'s fields, handing the value of each field in
@@ -665,6 +730,7 @@ pub(crate) mod fast {
         line: &'a [u8],
         wanted: u64,
         mut field: impl FnMut(usize, ValueRef<'a>),
+        mut span: impl FnMut(usize, usize, usize),
     ) -> Option<()> {
         let n = schema.fields.len();
         // Bit i of `seen`: field i was present, of `nulls`: it was null (wider schemas take
@@ -698,6 +764,7 @@ pub(crate) mod fast {
                 match idx {
                     Some(i) => {
                         let ty = ty_of(schema.fields[i].ty.base);
+                        let start = s.i;
                         let null = if wanted & (1 << i) != 0 {
                             let v = value(&mut s, ty)?;
                             field(i, v);
@@ -705,6 +772,7 @@ pub(crate) mod fast {
                         } else {
                             check(&mut s, ty)?
                         };
+                        span(i, start, s.i);
                         // A repeated name: the last value wins, as in serde_json's map.
                         if null {
                             nulls |= 1 << i;
@@ -1015,7 +1083,7 @@ mod tests {
         ] {
             assert!(fast::decode(schema, stream, line).is_none(), "{line:?}");
             assert_eq!(
-                fast::time_and_key(schema, line, &[0], |_| {}),
+                fast::time_and_key(schema, line, &[0], |_| {}, None),
                 None,
                 "{line:?}"
             );
@@ -1034,10 +1102,20 @@ mod tests {
         let schema = program.stream(stream);
         // Key fields out of line order, one of them nullable.
         let key = [3u16, 0];
+        // Spans of several lines in one buffer, as an epoch holds them.
+        let mut spans = vec![7u32];
         for line in TRICKY {
             let mut got = Vec::new();
-            let time =
-                fast::time_and_key(schema, line.as_bytes(), &key, |v| got.push(v.to_value()));
+            let time = fast::time_and_key(
+                schema,
+                line.as_bytes(),
+                &key,
+                |v| got.push(v.to_value()),
+                None,
+            );
+            let before = spans.len();
+            let again = fast::time_and_key(schema, line.as_bytes(), &key, |_| {}, Some(&mut spans));
+            assert_eq!(time, again, "{line}");
             match fast::decode(schema, stream, line.as_bytes()) {
                 Some(ev) => {
                     assert_eq!(time, Some(ev.time()), "{line}");
@@ -1046,10 +1124,23 @@ mod tests {
                         .map(|k| ev.fields()[*k as usize].clone())
                         .collect();
                     assert_eq!(got, want, "{line}");
+                    // The event built from the spans, without a second scan, is the same.
+                    assert_eq!(spans.len(), before + 2 * schema.fields.len(), "{line}");
+                    let at = fast::decode_at(schema, stream, line.as_bytes(), &spans[before..]);
+                    assert_eq!(at, Some(ev), "{line}");
                 }
-                None => assert_eq!(time, None, "{line}"),
+                None => {
+                    assert_eq!(time, None, "{line}");
+                    assert_eq!(spans.len(), before, "{line}: spans of a refused line");
+                }
             }
         }
+        // Spans that do not fit the line are refused, not trusted.
+        let line = TRICKY[0].as_bytes();
+        let mut spans = Vec::new();
+        fast::time_and_key(schema, line, &key, |_| {}, Some(&mut spans)).unwrap();
+        assert!(fast::decode_at(schema, stream, &line[..line.len() / 2], &spans).is_none());
+        assert!(fast::decode_at(schema, stream, line, &spans[..2]).is_none());
     }
 
     #[test]

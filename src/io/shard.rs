@@ -35,7 +35,7 @@ use crate::io::input::fast;
 /// event.
 pub const BATCH: usize = 4096;
 /// Epochs a worker may have queued before the reader waits for it.
-const QUEUE: usize = 4;
+const QUEUE: usize = 16;
 
 /// How events are routed: per stream, the fields whose values pick the worker.
 #[derive(Debug, Clone)]
@@ -119,13 +119,14 @@ impl Router {
         schema: &StreamSchema,
         stream: StreamId,
         line: &[u8],
+        spans: &mut Vec<u32>,
     ) -> Option<(usize, Nanos)> {
         let fields = match self.routes.get(stream.0 as usize) {
             Some(Some(fields)) => fields.as_slice(),
             _ => &[],
         };
         let mut h = self.hasher.build_hasher();
-        let time = fast::time_and_key(schema, line, fields, |v| v.hash_into(&mut h))?;
+        let time = fast::time_and_key(schema, line, fields, |v| v.hash_into(&mut h), Some(spans))?;
         let w = if fields.is_empty() {
             0
         } else {
@@ -227,8 +228,9 @@ impl Clock {
 enum Item {
     /// A decoded event.
     Event(Event),
-    /// A JSON line (a range of the epoch's text) that the worker decodes again.
-    Line(usize, usize),
+    /// A JSON line (a range of the epoch's text) that the worker decodes from where the
+    /// reader found its values (from this index of the epoch's spans).
+    Line(usize, usize, usize),
 }
 
 enum Msg {
@@ -236,6 +238,7 @@ enum Msg {
     Batch {
         items: Vec<Item>,
         text: Vec<u8>,
+        spans: Vec<u32>,
         times: Vec<Nanos>,
     },
     /// End of input: advance time to the end (when `flush`), report and stop.
@@ -247,7 +250,11 @@ enum Reply {
     Epoch(Vec<Alert>),
     /// An epoch's buffers, emptied, for the reader to fill again: fresh ones cost page
     /// faults and copies as they grow, every epoch.
-    Spent { items: Vec<Item>, text: Vec<u8> },
+    Spent {
+        items: Vec<Item>,
+        text: Vec<u8>,
+        spans: Vec<u32>,
+    },
     /// The worker's counters at the end.
     Done(Stats),
 }
@@ -258,9 +265,13 @@ struct Worker {
     handle: JoinHandle<()>,
     pending: Vec<Item>,
     text: Vec<u8>,
+    spans: Vec<u32>,
     /// Buffers the worker gave back.
-    spare: Vec<(Vec<Item>, Vec<u8>)>,
+    spare: Vec<Buffers>,
 }
+
+/// An epoch's records, the text of its lines, and where their values are.
+type Buffers = (Vec<Item>, Vec<u8>, Vec<u32>);
 
 /// N engines over the same program, fed by the calling thread.
 pub struct Sharded {
@@ -274,6 +285,8 @@ pub struct Sharded {
     /// Alerts of the oldest outstanding epochs, gathered per worker.
     gathered: VecDeque<Vec<Option<Vec<Alert>>>>,
     late: u64,
+    /// The spans of the line being routed, before its worker is known.
+    spans: Vec<u32>,
     /// Workers decode JSON lines of this default stream themselves.
     lines: Option<Option<StreamId>>,
 }
@@ -314,6 +327,7 @@ impl Sharded {
                 handle,
                 pending: Vec::with_capacity(BATCH),
                 text: Vec::new(),
+                spans: Vec::new(),
                 spare: Vec::new(),
             });
         }
@@ -326,6 +340,7 @@ impl Sharded {
             epochs: 0,
             gathered: VecDeque::new(),
             late: 0,
+            spans: Vec::new(),
             lines,
         })
     }
@@ -344,7 +359,11 @@ impl Sharded {
             return Ok(None);
         };
         let schema = self.program.stream(stream);
-        let Some((w, time)) = self.router.worker_of_line(schema, stream, line) else {
+        self.spans.clear();
+        let Some((w, time)) = self
+            .router
+            .worker_of_line(schema, stream, line, &mut self.spans)
+        else {
             return Ok(None);
         };
         if let Err(late) = self.clock.push(&self.program, stream.0, time) {
@@ -354,7 +373,11 @@ impl Sharded {
         if let Some(worker) = self.workers.get_mut(w) {
             let start = worker.text.len();
             worker.text.extend_from_slice(line);
-            worker.pending.push(Item::Line(start, worker.text.len()));
+            let at = worker.spans.len();
+            worker.spans.extend_from_slice(&self.spans);
+            worker
+                .pending
+                .push(Item::Line(start, worker.text.len(), at));
         }
         self.tick(out)?;
         Ok(Some(Ok(())))
@@ -397,15 +420,17 @@ impl Sharded {
     fn send_epoch(&mut self) -> anyhow::Result<()> {
         self.in_epoch = 0;
         for w in &mut self.workers {
-            let (items, text) = w
+            let (items, text, spans) = w
                 .spare
                 .pop()
-                .unwrap_or_else(|| (Vec::with_capacity(BATCH), Vec::new()));
+                .unwrap_or_else(|| (Vec::with_capacity(BATCH), Vec::new(), Vec::new()));
             let items = std::mem::replace(&mut w.pending, items);
             let text = std::mem::replace(&mut w.text, text);
+            let spans = std::mem::replace(&mut w.spans, spans);
             let msg = Msg::Batch {
                 items,
                 text,
+                spans,
                 times: self.clock.now.clone(),
             };
             w.tx.send(msg)
@@ -434,7 +459,7 @@ impl Sharded {
                 };
                 match reply {
                     Reply::Epoch(alerts) => slot[wi] = Some(alerts),
-                    Reply::Spent { items, text } => w.spare.push((items, text)),
+                    Reply::Spent { items, text, spans } => w.spare.push((items, text, spans)),
                     Reply::Done(_) => anyhow::bail!("a worker stopped early"),
                 }
             }
@@ -510,7 +535,8 @@ fn work(
     tx: SyncSender<Reply>,
 ) {
     let program = Arc::clone(engine.program());
-    let reader = crate::io::input::JsonReader::new(&program, lines.flatten());
+    let stream = lines.flatten();
+    let reader = crate::io::input::JsonReader::new(&program, stream);
     let mut alerts = Vec::new();
     while let Ok(msg) = rx.recv() {
         let mut emit = |a: Alert| alerts.push(a);
@@ -518,16 +544,29 @@ fn work(
             Msg::Batch {
                 mut items,
                 mut text,
+                mut spans,
                 times,
             } => {
                 for item in items.drain(..) {
                     let event = match item {
                         Item::Event(e) => e,
                         // The reader scanned this line with the same scanner: it is an event.
-                        Item::Line(a, b) => match text.get(a..b).map(|l| reader.bytes(l)) {
-                            Some(Ok(crate::io::input::Record::Event(e))) => e,
-                            _ => continue,
-                        },
+                        Item::Line(a, b, at) => {
+                            let Some(line) = text.get(a..b) else { continue };
+                            let built = match (stream, spans.get(at..)) {
+                                (Some(stream), Some(spans)) => {
+                                    fast::decode_at(program.stream(stream), stream, line, spans)
+                                }
+                                _ => None,
+                            };
+                            match built {
+                                Some(e) => e,
+                                None => match reader.bytes(line) {
+                                    Ok(crate::io::input::Record::Event(e)) => e,
+                                    _ => continue,
+                                },
+                            }
+                        }
                     };
                     // The reader already rejected late events, so none is late here: a
                     // worker's watermark never passes the global one.
@@ -539,7 +578,8 @@ fn work(
                     }
                 }
                 text.clear();
-                if tx.send(Reply::Spent { items, text }).is_err()
+                spans.clear();
+                if tx.send(Reply::Spent { items, text, spans }).is_err()
                     || tx.send(Reply::Epoch(std::mem::take(&mut alerts))).is_err()
                 {
                     return;
