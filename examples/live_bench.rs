@@ -600,14 +600,19 @@ mod raw {
         string(&mut body, b"MQTT");
         body.extend_from_slice(&[4, 0x02, 0, 0]);
         string(&mut body, id.as_bytes());
-        let mut packet = vec![0x10];
-        remaining_length(&mut packet, body.len());
-        packet.extend_from_slice(&body);
-        stream.write_all(&packet).unwrap();
         let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).unwrap();
+        exchange(&mut stream, 0x10, &body, &mut connack);
         assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK");
         stream
+    }
+
+    /// Sends one packet (`first`: its type and flags) and reads the reply's fixed size.
+    fn exchange(stream: &mut TcpStream, first: u8, body: &[u8], reply: &mut [u8]) {
+        let mut packet = vec![first];
+        remaining_length(&mut packet, body.len());
+        packet.extend_from_slice(body);
+        stream.write_all(&packet).unwrap();
+        stream.read_exact(reply).unwrap();
     }
 
     /// Appends a QoS 1 PUBLISH.
@@ -624,12 +629,8 @@ mod raw {
         let mut body = vec![0, 1];
         string(&mut body, filter.as_bytes());
         body.push(1);
-        let mut packet = vec![0x82];
-        remaining_length(&mut packet, body.len());
-        packet.extend_from_slice(&body);
-        stream.write_all(&packet).unwrap();
         let mut suback = [0u8; 5];
-        stream.read_exact(&mut suback).unwrap();
+        exchange(stream, 0x82, &body, &mut suback);
         assert_eq!(suback[0], 0x90, "SUBACK");
     }
 
