@@ -171,7 +171,7 @@ fn trace(args: &ExplainArgs, loaded: &crate::compile::Loaded) -> anyhow::Result<
             let mut lines = input::Lines::new(reader);
             while let Some((i, line)) = lines.next_line().context("cannot read input")? {
                 let rec = match input::line_text(line) {
-                    Ok(l) if l.trim().is_empty() => continue,
+                    Ok(l) if l.bytes().all(|b| b.is_ascii_whitespace()) => continue,
                     Ok(l) if args.input_format == InputFormat::Capture => {
                         input::capture(&program, &loaded.profiles, l)
                     }
