@@ -134,8 +134,8 @@ impl<R: std::io::Read> Lines<R> {
     }
 }
 
-/// A line's text; one that is not UTF-8 is rejected on its own (it is not JSON), where
-/// reading it as text used to end the whole input.
+/// A line's text; one that is not UTF-8 is a bad line (it is not JSON), not the end of the
+/// input.
 pub fn line_text(bytes: &[u8]) -> Result<&str, BadLine> {
     std::str::from_utf8(bytes)
         .map_err(|e| BadLine::InvalidJson(format!("not UTF-8 (byte {})", e.valid_up_to() + 1)))
@@ -617,12 +617,18 @@ pub(crate) mod fast {
                 |_, _, _| {},
             )
             .ok_or(())?;
-            match values.get(schema.time_field) {
-                Some(Value::Timestamp(t)) => Ok(*t),
-                _ => Err(()),
-            }
+            time_of(schema, values)
         })
         .ok()
+    }
+
+    /// The event time among `values`: the schema's time field, which a scan has made a
+    /// timestamp unless the line had none.
+    fn time_of(schema: &StreamSchema, values: &[Value]) -> Result<Nanos, ()> {
+        match values.get(schema.time_field) {
+            Some(Value::Timestamp(t)) => Ok(*t),
+            _ => Err(()),
+        }
     }
 
     /// What [`decode`] would give, reduced to the event time and the values of `fields`
@@ -714,10 +720,7 @@ pub(crate) mod fast {
                 };
                 *slot = value(&mut s, ty_of(f.ty.base)).ok_or(())?.to_value();
             }
-            match values.get(schema.time_field) {
-                Some(Value::Timestamp(t)) => Ok(*t),
-                _ => Err(()),
-            }
+            time_of(schema, values)
         })
         .ok()
     }

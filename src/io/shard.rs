@@ -246,15 +246,10 @@ enum Msg {
 }
 
 enum Reply {
-    /// The alerts of one epoch, in the worker's order.
-    Epoch(Vec<Alert>),
-    /// An epoch's buffers, emptied, for the reader to fill again: fresh ones cost page
-    /// faults and copies as they grow, every epoch.
-    Spent {
-        items: Vec<Item>,
-        text: Vec<u8>,
-        spans: Vec<u32>,
-    },
+    /// The alerts of one epoch, in the worker's order, and the epoch's buffers emptied for
+    /// the reader to fill again (fresh ones cost page faults and copies as they grow, every
+    /// epoch); none for the final flush.
+    Epoch(Vec<Alert>, Option<Buffers>),
     /// The worker's counters at the end.
     Done(Stats),
 }
@@ -315,9 +310,7 @@ impl Sharded {
         for i in 0..router.workers {
             let engine = Engine::new(Arc::clone(&program))?;
             let (tx, in_rx) = sync_channel::<Msg>(QUEUE);
-            // Two replies per epoch (its buffers, then its alerts); the reader takes them after
-            // each epoch it sends, and a worker runs at most QUEUE epochs ahead of it.
-            let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 8);
+            let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 4);
             let handle = std::thread::Builder::new()
                 .name(format!("tern-worker-{i}"))
                 .spawn(move || work(engine, lines, in_rx, out_tx))?;
@@ -458,8 +451,10 @@ impl Sharded {
                     }
                 };
                 match reply {
-                    Reply::Epoch(alerts) => slot[wi] = Some(alerts),
-                    Reply::Spent { items, text, spans } => w.spare.push((items, text, spans)),
+                    Reply::Epoch(alerts, spent) => {
+                        slot[wi] = Some(alerts);
+                        w.spare.extend(spent);
+                    }
                     Reply::Done(_) => anyhow::bail!("a worker stopped early"),
                 }
             }
@@ -579,8 +574,10 @@ fn work(
                 }
                 text.clear();
                 spans.clear();
-                if tx.send(Reply::Spent { items, text, spans }).is_err()
-                    || tx.send(Reply::Epoch(std::mem::take(&mut alerts))).is_err()
+                let spent = Some((items, text, spans));
+                if tx
+                    .send(Reply::Epoch(std::mem::take(&mut alerts), spent))
+                    .is_err()
                 {
                     return;
                 }
@@ -589,7 +586,7 @@ fn work(
                 if flush {
                     engine.flush(&mut emit);
                 }
-                let _ = tx.send(Reply::Epoch(std::mem::take(&mut alerts)));
+                let _ = tx.send(Reply::Epoch(std::mem::take(&mut alerts), None));
                 let _ = tx.send(Reply::Done(engine.stats()));
                 return;
             }
