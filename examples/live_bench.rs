@@ -8,7 +8,9 @@
 //! Flags: `--latency-only` skips phases 1 and 2; `--broker-only` replaces tern with a plain
 //! MQTT subscriber (same QoS), to measure Mosquitto's own ceiling and latency on the same
 //! machine; `--alert-every N` makes one latency reading in N an alert (default 1, all);
-//! `--no-state-sync` runs tern with `state_sync = false` (no fsync per committed batch).
+//! `--no-state-sync` runs tern with `state_sync = false` (no fsync per committed batch);
+//! `--qos 0` publishes and subscribes the latency phase at QoS 0 instead of 1 (no
+//! acknowledgements, so the broker keeps no message in flight: its own ceiling rises).
 //!
 //! 1. Throughput: MESSAGES readings (default 200,000) over 100 keys, published with QoS 1 by
 //!    PUBLISHERS connections at once (default 4) as fast as they go, stamped with the wall
@@ -101,7 +103,14 @@ struct Tern {
 impl Tern {
     /// Starts tern on the broker at `port` with the bench rule and a profile allowing
     /// `lateness`, and waits until it has subscribed.
-    async fn start(dir: &Path, port: u16, client_id: &str, lateness: &str, sync: bool) -> Tern {
+    async fn start(
+        dir: &Path,
+        port: u16,
+        client_id: &str,
+        lateness: &str,
+        sync: bool,
+        qos: u8,
+    ) -> Tern {
         std::fs::create_dir_all(dir.join("rules")).unwrap();
         std::fs::create_dir_all(dir.join("devices")).unwrap();
         std::fs::write(dir.join("rules/bench.tern"), RULE).unwrap();
@@ -113,7 +122,7 @@ impl Tern {
         std::fs::write(
             dir.join("tern.toml"),
             format!(
-                "queue = 4096\nstate_sync = {sync}\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n\
+                "queue = 4096\nstate_sync = {sync}\nqos = {qos}\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n\
                  client_id = \"{client_id}\"\n[logging]\nlevel = \"warn\"\n"
             ),
         )
@@ -248,9 +257,12 @@ struct Plain {
 }
 
 impl Plain {
-    async fn start(port: u16, id: &str) -> Plain {
+    /// Subscribes at `qos`; records the arrival of the readings whose seq is a multiple of
+    /// `every` (the measured ones: recording all of them would make the map's growth, not the
+    /// broker, the subscriber's worst pauses).
+    async fn start(port: u16, id: &str, qos: u8, every: i64) -> Plain {
         let mut stream = raw::connect(port, id);
-        raw::subscribe(&mut stream, "bench/+/reading");
+        raw::subscribe(&mut stream, "bench/+/reading", qos);
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let received = Arc::new(AtomicU64::new(0));
         let (s, r) = (Arc::clone(&seen), Arc::clone(&received));
@@ -259,7 +271,7 @@ impl Plain {
             raw::read_loop(reader, |payload| {
                 let now = Instant::now();
                 r.fetch_add(1, Ordering::Relaxed);
-                if let Some(seq) = seq_of(payload) {
+                if let Some(seq) = seq_of(payload).filter(|seq| seq % every == 0) {
                     s.lock().unwrap().insert(seq, now);
                 }
             })
@@ -289,6 +301,7 @@ async fn paced(
     rate: u64,
     seconds: u64,
     every: i64,
+    qos: u8,
 ) -> (Vec<(i64, Instant)>, std::net::TcpStream) {
     let id = id.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -320,7 +333,7 @@ async fn paced(
                 raw::publish(
                     &mut out,
                     &format!("bench/dev-{}/reading", seq % 100),
-                    packet_id,
+                    (qos > 0).then_some(packet_id),
                     &payload(epoch + seq * 1000 / rate as i64, seq, value),
                 );
                 seq += 1;
@@ -332,7 +345,7 @@ async fn paced(
         raw::publish(
             &mut out,
             "bench/dev-0/reading",
-            packet_id % u16::MAX + 1,
+            (qos > 0).then_some(packet_id % u16::MAX + 1),
             &payload(epoch + n + 60_000, -1, 0.0),
         );
         stream.write_all(&out).unwrap();
@@ -383,11 +396,17 @@ async fn main() {
     let broker_only = flag("--broker-only");
     let latency_only = flag("--latency-only");
     let sync = !flag("--no-state-sync");
+    let qos: u8 = all
+        .iter()
+        .position(|a| a == "--qos")
+        .and_then(|i| all.get(i + 1))
+        .map_or(1, |q| q.parse().expect("--qos 0 or 1"));
     let args: Vec<&String> = all
         .iter()
         .enumerate()
         .filter(|(i, a)| {
-            let value_of_flag = *i > 0 && all[*i - 1] == "--alert-every";
+            let value_of_flag =
+                *i > 0 && (all[*i - 1] == "--alert-every" || all[*i - 1] == "--qos");
             !a.starts_with("--") && !value_of_flag
         })
         .map(|(_, a)| a)
@@ -433,7 +452,7 @@ async fn main() {
     if broker_only {
         // Mosquitto alone: the same publishers and QoS, a plain subscriber instead of tern.
         if !latency_only {
-            let sub = Plain::start(port, "bench-plain-1").await;
+            let sub = Plain::start(port, "bench-plain-1", 1, i64::MAX).await;
             let start = Instant::now();
             flood(port, "bench-pub", publishers, share, false).await;
             let published = start.elapsed();
@@ -451,8 +470,8 @@ async fn main() {
             );
             let _ = sub.stream.shutdown(std::net::Shutdown::Both);
         }
-        let sub = Plain::start(port, "bench-plain-2").await;
-        let (sent, _publisher) = paced(port, "bench-lat", rate, seconds, every).await;
+        let sub = Plain::start(port, "bench-plain-2", qos, every).await;
+        let (sent, _publisher) = paced(port, "bench-lat", rate, seconds, every, qos).await;
         let want = sent.len();
         wait_for("the subscriber", Duration::from_secs(60), || {
             sent.iter()
@@ -463,8 +482,8 @@ async fn main() {
         .await;
         report(
             &format!(
-                "broker alone, latency: {rate} messages/s for {seconds} s from one publisher, \
-                 one in {every} measured, publish to subscriber"
+                "broker alone, latency: {rate} messages/s for {seconds} s from one publisher \
+                 at QoS {qos}, one in {every} measured, publish to subscriber"
             ),
             &sent,
             &sub.seen,
@@ -480,6 +499,7 @@ async fn main() {
             "tern-bench-1",
             "5s",
             sync,
+            1,
         )
         .await;
         let start = Instant::now();
@@ -509,12 +529,12 @@ async fn main() {
         // 2. Backlog: the broker holds MESSAGES readings for tern's session while tern is
         // away; how fast does tern work through them once it starts?
         let backlog_dir = dir.path().join("backlog");
-        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;
+        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync, 1).await;
         tern.stop().await;
         let clients = flood(port, "bench-backlog", publishers, share, true).await;
         publish(&clients[0], 0, payload(now_ms() + 60_000, -1, 0.0)).await;
         let start = Instant::now();
-        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync).await;
+        let tern = Tern::start(&backlog_dir, port, "tern-bench-backlog", "5s", sync, 1).await;
         wait_for("the backlog alerts", Duration::from_secs(120), || {
             tern.alerts() >= expected
         })
@@ -536,9 +556,10 @@ async fn main() {
         "tern-bench-2",
         "0s",
         sync,
+        qos,
     )
     .await;
-    let (sent, _publisher) = paced(port, "bench-pub-latency", rate, seconds, every).await;
+    let (sent, _publisher) = paced(port, "bench-pub-latency", rate, seconds, every, qos).await;
     let want = sent.len();
     wait_for("the latency alerts", Duration::from_secs(60), || {
         tern.alerts() >= want
@@ -546,8 +567,8 @@ async fn main() {
     .await;
     report(
         &format!(
-            "latency: {rate} messages/s for {seconds} s from one publisher, one in \
-             {every} an alert, state_sync {sync}: publish to alert"
+            "latency: {rate} messages/s for {seconds} s from one publisher at QoS {qos}, \
+             one in {every} an alert, state_sync {sync}: publish to alert"
         ),
         &sent,
         &tern.seen,
@@ -615,20 +636,23 @@ mod raw {
         stream.read_exact(reply).unwrap();
     }
 
-    /// Appends a QoS 1 PUBLISH.
-    pub fn publish(out: &mut Vec<u8>, topic: &str, id: u16, payload: &[u8]) {
-        out.push(0x32);
-        remaining_length(out, 2 + topic.len() + 2 + payload.len());
+    /// Appends a PUBLISH: QoS 1 with packet identifier `id`, or QoS 0 with none.
+    pub fn publish(out: &mut Vec<u8>, topic: &str, id: Option<u16>, payload: &[u8]) {
+        out.push(if id.is_some() { 0x32 } else { 0x30 });
+        let id_len = if id.is_some() { 2 } else { 0 };
+        remaining_length(out, 2 + topic.len() + id_len + payload.len());
         string(out, topic.as_bytes());
-        out.extend_from_slice(&id.to_be_bytes());
+        if let Some(id) = id {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
         out.extend_from_slice(payload);
     }
 
-    /// Subscribes to `filter` at QoS 1 and waits for SUBACK.
-    pub fn subscribe(stream: &mut TcpStream, filter: &str) {
+    /// Subscribes to `filter` at `qos` and waits for SUBACK.
+    pub fn subscribe(stream: &mut TcpStream, filter: &str, qos: u8) {
         let mut body = vec![0, 1];
         string(&mut body, filter.as_bytes());
-        body.push(1);
+        body.push(qos);
         let mut suback = [0u8; 5];
         exchange(stream, 0x82, &body, &mut suback);
         assert_eq!(suback[0], 0x90, "SUBACK");
