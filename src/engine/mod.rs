@@ -13,6 +13,7 @@ pub mod inline;
 pub mod key;
 pub mod persist;
 pub mod run;
+pub mod timers;
 pub mod trace;
 pub mod window;
 
@@ -28,6 +29,7 @@ use alert::Alert;
 use key::KeyVal;
 use persist::Restored;
 use run::{Found, KeyState, Scratch};
+use timers::Timers;
 use window::AggRuntime;
 
 /// An event that arrived behind its stream's watermark.
@@ -69,38 +71,12 @@ struct RuleRuntime {
     key_fields: Vec<(StreamId, Vec<u16>)>,
     /// Boxed, so the map's buckets (sized for growth) stay small.
     keys: KeyMap<Box<Slot>>,
-    timers: BinaryHeap<Reverse<Timer>>,
-    /// Insertion counter: orders timers with equal deadlines without comparing keys.
-    timer_seq: u64,
+    /// Each key's next deadline (equal deadlines fire in the order they were scheduled).
+    timers: Timers<KeyVal>,
 }
 
 /// Per-key maps: keys come from devices, so the hasher is seeded (foldhash), and fast.
 pub type KeyMap<V> = HashMap<KeyVal, V, foldhash::fast::RandomState>;
-
-/// A key's next deadline. Ordered by (deadline, insertion) only: equal deadlines fire in the
-/// order they were scheduled, and keys are never compared.
-struct Timer {
-    deadline: Nanos,
-    seq: u64,
-    key: KeyVal,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, o: &Self) -> bool {
-        (self.deadline, self.seq) == (o.deadline, o.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timer {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(o.deadline, o.seq))
-    }
-}
 
 struct Slot {
     state: KeyState,
@@ -291,8 +267,7 @@ impl Group {
                 nfa,
                 key_fields,
                 keys: KeyMap::default(),
-                timers: BinaryHeap::new(),
-                timer_seq: 0,
+                timers: Timers::default(),
             });
         }
         let aggregates = agg_ids
@@ -446,7 +421,7 @@ impl Group {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| r.timers.peek().map(|Reverse(tm)| tm.deadline));
+            .filter_map(|r| r.timers.peek().map(|(deadline, _)| *deadline));
         let aggs = self.aggregates.iter().filter_map(AggRuntime::next_close);
         rules.chain(aggs).min()
     }
@@ -469,15 +444,14 @@ impl Group {
         }
         for r in 0..self.rules.len() {
             loop {
-                let due =
-                    matches!(self.rules[r].timers.peek(), Some(Reverse(tm)) if tm.deadline <= t);
+                let due = matches!(self.rules[r].timers.peek(), Some((d, _)) if *d <= t);
                 if !due {
                     break;
                 }
-                let Some(Reverse(tm)) = self.rules[r].timers.pop() else {
+                let Some((deadline, key)) = self.rules[r].timers.pop() else {
                     break;
                 };
-                self.advance_key(r, &tm.key, tm.deadline, out);
+                self.advance_key(r, &key, deadline, out);
             }
         }
     }
@@ -521,7 +495,7 @@ impl Group {
             &mut self.stats,
             out,
         );
-        if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, key) {
+        if schedule(&rt.nfa, &mut rt.timers, slot, key) {
             rt.keys.remove(key);
             self.stats.keys = self.stats.keys.saturating_sub(1);
         }
@@ -606,7 +580,7 @@ impl Group {
             &mut self.stats,
             out,
         );
-        if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, &key) {
+        if schedule(&rt.nfa, &mut rt.timers, slot, &key) {
             rt.keys.remove(&key);
             self.stats.keys = self.stats.keys.saturating_sub(1);
         }
@@ -636,7 +610,7 @@ impl Group {
         for r in &self.rules {
             total += r.keys.capacity() * (std::mem::size_of::<KeyVal>() + 8 + 1)
                 + r.keys.len() * std::mem::size_of::<Slot>();
-            total += r.timers.capacity() * std::mem::size_of::<Reverse<Timer>>();
+            total += r.timers.heap_bytes();
             for (k, slot) in &r.keys {
                 total += k.heap_bytes() + slot.state.heap_bytes();
                 let mut seen = std::collections::HashSet::new();
@@ -1165,13 +1139,7 @@ fn emit_found(
 
 /// Schedules a key's next deadline; true when the key holds nothing and should be dropped
 /// (so that it costs nothing).
-fn schedule(
-    nfa: &Nfa,
-    timers: &mut BinaryHeap<Reverse<Timer>>,
-    timer_seq: &mut u64,
-    slot: &mut Slot,
-    key: &KeyVal,
-) -> bool {
+fn schedule(nfa: &Nfa, timers: &mut Timers<KeyVal>, slot: &mut Slot, key: &KeyVal) -> bool {
     if slot.state.is_empty() {
         return true;
     }
@@ -1179,12 +1147,7 @@ fn schedule(
         && (slot.scheduled == UNSCHEDULED || d < slot.scheduled)
     {
         slot.scheduled = d;
-        *timer_seq += 1;
-        timers.push(Reverse(Timer {
-            deadline: d,
-            seq: *timer_seq,
-            key: key.clone(),
-        }));
+        timers.push(d, key.clone());
     }
     false
 }
@@ -1194,7 +1157,7 @@ fn reschedule(rt: &mut RuleRuntime, key: &KeyVal, stats: &mut Stats) {
     let Some(slot) = rt.keys.get_mut(key) else {
         return;
     };
-    if schedule(&rt.nfa, &mut rt.timers, &mut rt.timer_seq, slot, key) {
+    if schedule(&rt.nfa, &mut rt.timers, slot, key) {
         rt.keys.remove(key);
         stats.keys = stats.keys.saturating_sub(1);
     }
@@ -1215,7 +1178,7 @@ mod tests {
         assert!(!state.runs.spilled(), "the first run is inline");
         assert_eq!(state.heap_bytes(), 0, "and holds no memory of its own");
         assert_eq!(std::mem::size_of::<KeyVal>(), 16);
-        assert_eq!(std::mem::size_of::<Reverse<Timer>>(), 32);
+        assert_eq!(std::mem::size_of::<(Nanos, KeyVal)>(), 24, "a timer");
         assert!(
             std::mem::size_of::<Slot>() <= 144,
             "{}",

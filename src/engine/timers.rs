@@ -1,0 +1,233 @@
+//! A rule's timers: deadlines with their keys, fired in (deadline, scheduling) order.
+//!
+//! Deadlines fall into buckets of about a second (2^30 ns). Only the earliest bucket is kept
+//! sorted; a later one is appended to as deadlines are scheduled, and sorted once, when it
+//! comes up. The sort is stable and a bucket holds its entries in the order they were
+//! scheduled, so equal deadlines fire in that order with no counter stored per entry: an
+//! entry is a deadline and a key (24 bytes, where a binary heap's entry with its counter took
+//! 32), and scheduling, which mostly appends to a later bucket, touches no other entry.
+//!
+//! A later bucket is a list of chunks that double from 2 entries up to [`CHUNK`] and then
+//! stay at that size: a bucket of a few timers wastes no more than a vector would, and a
+//! large one at most a chunk's room rather than up to half of a vector that doubles. It
+//! becomes one vector of exactly its length when it comes up.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::event::Nanos;
+
+/// Deadlines `d` with equal `d >> BUCKET_SHIFT` share a bucket (2^30 ns, about a second).
+const BUCKET_SHIFT: u32 = 30;
+
+/// Entries in the largest chunk of a later bucket (384 bytes for a 16-byte key).
+const CHUNK: usize = 16;
+
+/// A later bucket: its entries in scheduling order, in chunks.
+type Chunks<K> = Vec<Vec<(Nanos, K)>>;
+
+/// Timers of one rule; see the module's documentation.
+#[derive(Debug)]
+pub struct Timers<K> {
+    /// The earliest bucket, sorted by deadline (equal ones in scheduling order).
+    head: VecDeque<(Nanos, K)>,
+    /// The number of the bucket in `head`, while it holds entries.
+    head_bucket: Option<i64>,
+    /// The other buckets by number, each in scheduling order.
+    later: BTreeMap<i64, Chunks<K>>,
+}
+
+impl<K> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            head: VecDeque::new(),
+            head_bucket: None,
+            later: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K> Timers<K> {
+    /// Schedules `key` at `deadline`, after every timer already scheduled at that deadline.
+    pub fn push(&mut self, deadline: Nanos, key: K) {
+        let bucket = deadline >> BUCKET_SHIFT;
+        match self.head_bucket {
+            Some(head) if bucket == head => {
+                let at = self.head.partition_point(|(d, _)| *d <= deadline);
+                self.head.insert(at, (deadline, key));
+            }
+            Some(head) if bucket < head => {
+                // An earlier bucket: the head goes back among the others. It is sorted, and
+                // anything scheduled into its bucket from now on comes after all of it, so
+                // sorting it again when it comes up keeps equal deadlines in order.
+                let returned = Vec::from(std::mem::take(&mut self.head));
+                self.later.insert(head, vec![returned]);
+                self.head = VecDeque::from(vec![(deadline, key)]);
+                self.head_bucket = Some(bucket);
+            }
+            Some(_) => append(self.later.entry(bucket).or_default(), (deadline, key)),
+            None => {
+                append(self.later.entry(bucket).or_default(), (deadline, key));
+                self.take_next_bucket();
+            }
+        }
+    }
+
+    /// The earliest timer.
+    pub fn peek(&self) -> Option<&(Nanos, K)> {
+        self.head.front()
+    }
+
+    /// Removes the earliest timer.
+    pub fn pop(&mut self) -> Option<(Nanos, K)> {
+        let first = self.head.pop_front()?;
+        if self.head.is_empty() {
+            self.head_bucket = None;
+            self.take_next_bucket();
+        }
+        Some(first)
+    }
+
+    /// Timers scheduled and not yet popped.
+    pub fn len(&self) -> usize {
+        let later = self.later.values().flatten().map(Vec::len);
+        self.head.len() + later.sum::<usize>()
+    }
+
+    /// True when no timer is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty()
+    }
+
+    /// Bytes held for entries, with the spare capacity of each bucket.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(Nanos, K)>();
+        // A B-tree node holds up to 11 buckets: about a word and a vector each.
+        let per_bucket = std::mem::size_of::<(i64, Chunks<K>)>() + 8;
+        let per_chunk = std::mem::size_of::<Vec<(Nanos, K)>>();
+        let later = self.later.values().map(|chunks| {
+            per_bucket
+                + chunks.capacity() * per_chunk
+                + chunks.iter().map(|c| c.capacity() * entry).sum::<usize>()
+        });
+        self.head.capacity() * entry + later.sum::<usize>()
+    }
+
+    /// Makes the earliest of the later buckets the head (when the head is empty).
+    fn take_next_bucket(&mut self) {
+        if let Some((bucket, chunks)) = self.later.pop_first() {
+            let mut entries = match <[_; 1]>::try_from(chunks) {
+                Ok([one]) => one,
+                Err(chunks) => {
+                    let mut all = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+                    chunks.into_iter().for_each(|c| all.extend(c));
+                    all
+                }
+            };
+            // Stable: equal deadlines stay in the order they were scheduled.
+            entries.sort_by_key(|(d, _)| *d);
+            self.head = VecDeque::from(entries);
+            self.head_bucket = Some(bucket);
+        }
+    }
+}
+
+/// Appends to a later bucket: into its last chunk while it has room, else into a new chunk
+/// twice the last one's size, up to [`CHUNK`].
+fn append<K>(chunks: &mut Chunks<K>, entry: (Nanos, K)) {
+    match chunks.last_mut() {
+        Some(last) if last.len() < last.capacity() => last.push(entry),
+        last => {
+            let size = last.map_or(2, |c| c.capacity() * 2).min(CHUNK);
+            let mut chunk = Vec::with_capacity(size);
+            chunk.push(entry);
+            chunks.push(chunk);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(Nanos),
+        Pop,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Deadlines within a few buckets of each other (and of zero, where the bucket number
+        // changes sign), with many ties.
+        let near = (-3i64..6).prop_flat_map(|b| {
+            (0i64..4).prop_map(move |k| (b << BUCKET_SHIFT) + k * (1 << (BUCKET_SHIFT - 2)))
+        });
+        prop_oneof![
+            3 => near.prop_map(Op::Push),
+            1 => (i64::MIN / 2..i64::MAX / 2).prop_map(Op::Push),
+            3 => Just(Op::Pop),
+        ]
+    }
+
+    proptest! {
+        /// Fires in exactly the order of a binary heap ordered by (deadline, scheduling).
+        #[test]
+        fn timers_fire_in_deadline_then_scheduling_order(ops in prop::collection::vec(op(), 0..300)) {
+            let mut timers = Timers::default();
+            let mut heap = BinaryHeap::new();
+            for (seq, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Push(d) => {
+                        timers.push(d, seq);
+                        heap.push(Reverse((d, seq)));
+                    }
+                    Op::Pop => prop_assert_eq!(timers.pop(), heap.pop().map(|Reverse(t)| t)),
+                }
+                prop_assert_eq!(timers.peek().copied(), heap.peek().map(|Reverse(t)| *t));
+                prop_assert_eq!(timers.len(), heap.len());
+                prop_assert_eq!(timers.is_empty(), heap.is_empty());
+            }
+            while let Some(Reverse(want)) = heap.pop() {
+                prop_assert_eq!(timers.pop(), Some(want));
+            }
+            prop_assert_eq!(timers.pop(), None);
+        }
+    }
+
+    #[test]
+    fn equal_deadlines_fire_in_scheduling_order_across_a_returned_head() {
+        let second = 1 << BUCKET_SHIFT;
+        let mut t = Timers::default();
+        t.push(5 * second, "a");
+        t.push(5 * second, "b");
+        // An earlier bucket sends the head back; later entries of its bucket follow it.
+        t.push(2 * second, "early");
+        t.push(5 * second, "c");
+        t.push(5 * second - 1, "before");
+        let order: Vec<_> = std::iter::from_fn(|| t.pop()).map(|(_, k)| k).collect();
+        assert_eq!(order, ["early", "before", "a", "b", "c"]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bytes_count_every_entry_and_little_spare() {
+        let mut t = Timers::default();
+        // 10,000 deadlines over 30 s, as 10,000 keys with a 30 s `within` would hold.
+        for i in 0..10_000i64 {
+            t.push(i * 3_000_000, i);
+        }
+        let entry = std::mem::size_of::<(Nanos, i64)>();
+        assert_eq!(entry, 16);
+        assert_eq!(t.len(), 10_000);
+        assert!(t.heap_bytes() >= 10_000 * entry, "{}", t.heap_bytes());
+        // The chunks' room and their bookkeeping (a 16-byte entry here: a quarter at most),
+        // where a doubling vector could leave up to half its room empty.
+        assert!(t.heap_bytes() <= 12_500 * entry, "{}", t.heap_bytes());
+    }
+}
