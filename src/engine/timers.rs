@@ -1,6 +1,6 @@
 //! A rule's timers: deadlines with their keys, fired in (deadline, scheduling) order.
 //!
-//! Deadlines fall into buckets of about a second (2^30 ns). Only the earliest bucket is kept
+//! Deadlines fall into buckets of about 8.6 seconds (2^33 ns). Only the earliest bucket is kept
 //! sorted; a later one is appended to as deadlines are scheduled, and sorted once, when it
 //! comes up. The sort is stable and a bucket holds its entries in the order they were
 //! scheduled, so equal deadlines fire in that order with no counter stored per entry: an
@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::event::Nanos;
 
-/// Deadlines `d` with equal `d >> BUCKET_SHIFT` share a bucket (2^30 ns, about a second).
-const BUCKET_SHIFT: u32 = 30;
+/// Deadlines `d` with equal `d >> BUCKET_SHIFT` share a bucket (2^33 ns, about 8.6 s).
+const BUCKET_SHIFT: u32 = 33;
 
 /// Entries in the largest chunk of a later bucket (384 bytes for a 16-byte key).
 const CHUNK: usize = 16;
@@ -140,6 +140,11 @@ fn append<K>(chunks: &mut Chunks<K>, entry: (Nanos, K)) {
             let size = last.map_or(2, |c| c.capacity() * 2).min(CHUNK);
             let mut chunk = Vec::with_capacity(size);
             chunk.push(entry);
+            // The list of chunks grows one at a time while short: most buckets of a sparse
+            // rule hold a chunk or two, and a doubling list would start at four.
+            if chunks.len() < 4 {
+                chunks.reserve_exact(1);
+            }
             chunks.push(chunk);
         }
     }
