@@ -80,7 +80,7 @@ pub type KeyMap<V> = HashMap<KeyVal, V, foldhash::fast::RandomState>;
 
 struct Slot {
     state: KeyState,
-    /// The deadline of the key's timer in the heap, or [`UNSCHEDULED`].
+    /// The deadline of the key's timer in the rule's timers, or [`UNSCHEDULED`].
     scheduled: Nanos,
 }
 
@@ -468,7 +468,7 @@ impl Group {
             return; // superseded by an earlier timer of the same key, which already fired
         }
         // Deadlines only move later as events arrive, and a key is not rescheduled for that:
-        // the old timer fires, finds nothing due, and sets the next one (one heap entry per
+        // the old timer fires, finds nothing due, and sets the next one (one timer per
         // key instead of one per event).
         slot.scheduled = UNSCHEDULED;
         let before = slot.state.runs.len() as u64;
