@@ -472,7 +472,7 @@ impl Builder<'_> {
             let start = offset;
             offset += line.len();
             let l = line.trim_end_matches(['\n', '\r']);
-            if l.bytes().all(|b| b.is_ascii_whitespace()) {
+            if crate::io::input::is_blank(l.as_bytes()) {
                 continue;
             }
             let at = Span::new(start, start + l.len());

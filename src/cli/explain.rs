@@ -170,8 +170,10 @@ fn trace(args: &ExplainArgs, loaded: &crate::compile::Loaded) -> anyhow::Result<
         InputFormat::Jsonl | InputFormat::Capture => {
             let mut lines = input::Lines::new(reader);
             while let Some((i, line)) = lines.next_line().context("cannot read input")? {
+                if input::is_blank(line) {
+                    continue;
+                }
                 let rec = match input::line_text(line) {
-                    Ok(l) if l.bytes().all(|b| b.is_ascii_whitespace()) => continue,
                     Ok(l) if args.input_format == InputFormat::Capture => {
                         input::capture(&program, &loaded.profiles, l)
                     }

@@ -269,8 +269,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
         InputFormat::Jsonl | InputFormat::Capture => {
             let mut lines = input::Lines::new(reader);
             while let Some((i, line)) = lines.next_line().context("cannot read input")? {
-                // JSON's whitespace is ASCII.
-                if line.iter().all(u8::is_ascii_whitespace) {
+                if input::is_blank(line) {
                     continue;
                 }
                 // JSON Lines are checked for UTF-8 by the decoder, string by string.

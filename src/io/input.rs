@@ -134,6 +134,12 @@ impl<R: std::io::Read> Lines<R> {
     }
 }
 
+/// True for a line of nothing but whitespace, which input files may hold between records.
+/// JSON's whitespace is ASCII: a line of other spaces is a bad line, not nothing.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
 /// A line's text; one that is not UTF-8 is a bad line (it is not JSON), not the end of the
 /// input.
 pub fn line_text(bytes: &[u8]) -> Result<&str, BadLine> {
@@ -950,6 +956,17 @@ mod tests {
             vec![(1, b"a".to_vec()), (2, b"b".to_vec())]
         );
         assert!(all_lines(b"", 3).is_empty());
+    }
+
+    #[test]
+    fn only_ascii_whitespace_makes_a_line_blank() {
+        for blank in [&b""[..], b" ", b"\t \x0c", b"\r\r"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        // A no-break space or an ideographic space is not JSON whitespace: a bad line.
+        for not in ["\u{a0}", " \u{3000} ", "{}"] {
+            assert!(!is_blank(not.as_bytes()), "{not:?}");
+        }
     }
 
     #[test]
