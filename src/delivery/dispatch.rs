@@ -1,17 +1,28 @@
 //! The outbox and its dispatchers: one task per sink, each reading the durable outbox from
 //! its own cursor and handing alerts to its [`Deliver`].
 //!
-//! The engine thread stages a batch's alerts into the same RocksDB write as the state they
-//! came from ([`Outbox::stage`]), then announces them ([`Outbox::committed`]). Dispatchers
-//! wake up, read what is new, skip what their routing and filter exclude, deliver the rest,
-//! and move their cursor on. Entries every sink has passed are deleted.
+//! The engine thread numbers a batch's alerts and makes them visible at once
+//! ([`Outbox::stage`]), then writes them in the same RocksDB write as the state they came
+//! from and announces them durable ([`Outbox::committed`]). Dispatchers wake up, take what
+//! is new (from memory while it is recent, else from the store), skip what their routing and
+//! filter exclude, deliver the rest, and move their cursor on. Entries every sink has passed
+//! are deleted.
+//!
+//! A sink may deliver an alert before its write is durable: waiting for the disk would put
+//! an fsync on every alert's way out. That keeps every guarantee. The messages behind an
+//! alert are acknowledged only once it is durable, so if tern dies in between, the broker
+//! sends them again, the engine resumes from the state before them and produces the alert
+//! again, with the same id (a hash of rule, key and matched events), and it is delivered
+//! again. What must not run ahead is the stored cursor: stored past an alert that never
+//! became durable, it would skip whatever alert gets that number after the restart. So a
+//! cursor is stored only as far as what is durable.
 //!
 //! When the outbox holds `capacity` alerts that some sink has not passed, the engine thread
 //! waits in [`Outbox::wait_for_room`]: its queue fills, the MQTT source stops reading, and the
 //! broker keeps the messages. Nothing is dropped; a sink that stays down long enough stops
 //! the intake, and its retry policy decides how long that is.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -31,6 +42,10 @@ const READ_AHEAD: usize = 256;
 /// Trim the outbox when the slowest sink has moved this far past the last trim.
 const TRIM_EVERY: u64 = 512;
 
+/// The most recent alerts kept in memory for the dispatchers; a sink further behind reads
+/// the store.
+const RECENT: usize = 4096;
+
 /// The outbox: sequence numbers, cursors and the wake-ups between the engine thread and the
 /// dispatchers.
 pub struct Outbox {
@@ -38,9 +53,17 @@ pub struct Outbox {
     capacity: u64,
     state: Mutex<State>,
     room: Condvar,
-    committed: watch::Sender<u64>,
+    marks: watch::Sender<Marks>,
     /// Per sink (by index), its metrics: the queue gauge is kept here, where the numbers are.
     metrics: Vec<SinkMetrics>,
+}
+
+/// How far the outbox goes: alerts numbered below `staged` may be delivered, those below
+/// `committed` are also durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    staged: u64,
+    committed: u64,
 }
 
 struct State {
@@ -48,15 +71,33 @@ struct State {
     next: u64,
     /// Sequence number of the next alert not yet committed.
     committed: u64,
-    /// Per sink (by index), the next sequence number it has not passed.
+    /// Per sink (by index), the next sequence number it has passed as far as stored: never
+    /// past `committed`.
     cursors: Vec<u64>,
     /// The outbox is trimmed below this.
     trimmed: u64,
+    /// The latest alerts staged, numbered consecutively, up to `next`.
+    recent: VecDeque<Entry>,
 }
 
 impl State {
     fn slowest(&self) -> u64 {
         self.cursors.iter().copied().min().unwrap_or(self.committed)
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            staged: self.next,
+            committed: self.committed,
+        }
+    }
+
+    /// Drops from memory what every sink has passed, and the oldest beyond [`RECENT`].
+    fn forget_passed(&mut self) {
+        let slowest = self.slowest();
+        while self.recent.len() > RECENT || self.recent.front().is_some_and(|e| e.seq < slowest) {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -126,9 +167,13 @@ impl Outbox {
                 committed: next,
                 cursors,
                 trimmed: slowest,
+                recent: VecDeque::new(),
             }),
             room: Condvar::new(),
-            committed: watch::Sender::new(next),
+            marks: watch::Sender::new(Marks {
+                staged: next,
+                committed: next,
+            }),
             metrics: Vec::new(),
         })
     }
@@ -161,43 +206,71 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `alerts` to `batch`; they become visible to the sinks at [`Outbox::committed`].
+    /// Numbers `alerts` and shows them to the sinks at once, before they are written (see
+    /// the module's notes); returns them for [`Outbox::put`], then [`Outbox::committed`].
     /// Each alert goes with the sinks it is for, decided when it fired: a reload that
     /// reroutes its rule does not change where an alert already stored goes.
-    pub fn stage(
-        &self,
-        batch: &mut Batch<'_>,
-        alerts: &[(OutAlert, Arc<[String]>)],
-    ) -> anyhow::Result<()> {
-        let mut s = self.lock();
-        for (a, sinks) in alerts {
-            batch.put_alert(s.next, a, sinks)?;
-            s.next += 1;
+    pub fn stage(&self, alerts: Vec<(OutAlert, Arc<[String]>)>) -> Vec<Entry> {
+        if alerts.is_empty() {
+            return Vec::new();
+        }
+        let (entries, marks) = {
+            let mut s = self.lock();
+            let mut entries = Vec::with_capacity(alerts.len());
+            for (alert, sinks) in alerts {
+                entries.push(Entry {
+                    seq: s.next,
+                    alert: Arc::new(alert),
+                    sinks: Some(sinks),
+                });
+                s.next += 1;
+            }
+            s.recent.extend(entries.iter().cloned());
+            s.forget_passed();
+            (entries, s.marks())
+        };
+        self.announce(marks);
+        entries
+    }
+
+    /// Adds staged `entries` to `batch`, with the next number after them.
+    pub fn put(batch: &mut Batch<'_>, entries: &[Entry]) -> anyhow::Result<()> {
+        for e in entries {
+            batch.put_alert(e.seq, &e.alert, e.sinks.as_deref().unwrap_or_default())?;
         }
         Ok(())
     }
 
-    /// Announces that everything staged so far is written.
-    pub fn committed(&self) {
-        let next = {
+    /// Announces that every alert numbered below `upto` is written.
+    pub fn committed(&self, upto: u64) {
+        let marks = {
             let mut s = self.lock();
-            s.committed = s.next;
+            s.committed = s.committed.max(upto.min(s.next));
             for (m, cursor) in self.metrics.iter().zip(&s.cursors) {
                 m.queue.set(gauge(s.committed.saturating_sub(*cursor)));
             }
-            s.next
+            s.marks()
         };
-        self.committed.send_if_modified(|v| {
-            let changed = *v != next;
-            *v = next;
+        self.announce(marks);
+    }
+
+    fn announce(&self, marks: Marks) {
+        self.marks.send_if_modified(|v| {
+            let changed = *v != marks;
+            *v = marks;
             changed
         });
     }
 
-    /// Forgets alerts staged but not written (the write failed).
-    pub fn abandon(&self) {
-        let mut s = self.lock();
-        s.next = s.committed;
+    /// Up to `limit` recent entries from number `from` on, if memory still holds `from`.
+    fn recent(&self, from: u64, limit: usize) -> Option<Vec<Entry>> {
+        let s = self.lock();
+        let first = s.recent.front()?.seq;
+        let skip = usize::try_from(from.checked_sub(first)?).ok()?;
+        if skip >= s.recent.len() {
+            return None;
+        }
+        Some(s.recent.iter().skip(skip).take(limit).cloned().collect())
     }
 
     /// Alerts written that some sink has not passed.
@@ -227,6 +300,7 @@ impl Outbox {
             if let Some(m) = self.metrics.get(sink) {
                 m.queue.set(gauge(s.committed.saturating_sub(next)));
             }
+            s.forget_passed();
             let slowest = s.slowest();
             let all_passed = slowest == s.committed && slowest > s.trimmed;
             if all_passed || slowest >= s.trimmed + TRIM_EVERY {
@@ -277,15 +351,25 @@ pub async fn run(
     let mut report = SinkReport::default();
     let metrics = outbox.sink_metrics(index);
     let mut retries = sink.retries();
-    let mut committed = outbox.committed.subscribe();
+    let mut marks = outbox.marks.subscribe();
     let limit = sink.batch_limit().max(1);
+    // The next alert to look at; the saver stores it only as far as what is durable (see
+    // the module's notes).
     let mut cursor = outbox.cursor(index);
-    // Entries read from the store and not handed over yet: a sink taking one alert at a time
-    // does not read the store again for each one.
-    let mut ahead: std::collections::VecDeque<Entry> = Default::default();
+    let mut saver = Saver {
+        outbox: Arc::clone(&outbox),
+        index,
+        name: route.name.clone(),
+        saved: cursor,
+        writing: None,
+    };
+    // Entries taken and not handed over yet: a sink taking one alert at a time does not go
+    // back to the outbox for each one.
+    let mut ahead: VecDeque<Entry> = VecDeque::new();
     loop {
-        let end = *committed.borrow_and_update();
-        if cursor >= end {
+        let Marks { staged, committed } = *marks.borrow_and_update();
+        saver.start(cursor.min(committed));
+        if cursor >= staged {
             if drain.is_cancelled() || stop.is_cancelled() {
                 break;
             }
@@ -293,7 +377,11 @@ pub async fn run(
                 biased;
                 _ = stop.cancelled() => break,
                 _ = drain.cancelled() => continue,
-                changed = committed.changed() => {
+                written = saver.written() => {
+                    written?;
+                    continue;
+                }
+                changed = marks.changed() => {
                     if changed.is_err() {
                         break;
                     }
@@ -304,28 +392,50 @@ pub async fn run(
         if stop.is_cancelled() {
             break;
         }
+        // How far what was taken can reach: everything staged when it comes from memory,
+        // only what is durable when it comes from the store.
+        let mut reach = staged;
         if ahead.is_empty() {
-            let store = Arc::clone(outbox.store());
-            let from = cursor;
-            let read =
-                tokio::task::spawn_blocking(move || store.outbox_read(from, READ_AHEAD.max(limit)))
-                    .await??;
-            ahead.extend(read);
+            let want = READ_AHEAD.max(limit);
+            if let Some(recent) = outbox.recent(cursor, want) {
+                ahead.extend(recent);
+            } else if cursor < committed {
+                let store = Arc::clone(outbox.store());
+                let from = cursor;
+                let read =
+                    tokio::task::spawn_blocking(move || store.outbox_read(from, want)).await??;
+                ahead.extend(read);
+                reach = committed;
+            } else {
+                // No longer in memory and not written yet: wait for the write.
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    written = saver.written() => {
+                        written?;
+                        continue;
+                    }
+                    changed = marks.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
         }
-        // Entries past `end` may be visible if the engine wrote meanwhile; leave them for the
-        // next round so `end` stays the limit announced.
         let mut wanted: Vec<(u64, Arc<OutAlert>)> = Vec::new();
         let mut passed = cursor;
         while let Some(entry) = ahead.front() {
             let seq = entry.seq;
-            if seq >= end || (!wanted.is_empty() && !route.wants(entry)) {
+            if seq >= reach || (!wanted.is_empty() && !route.wants(entry)) {
                 break;
             }
             let Some(entry) = ahead.pop_front() else {
                 break;
             };
             if route.wants(&entry) {
-                wanted.push((seq, Arc::new(entry.alert)));
+                wanted.push((seq, entry.alert));
                 if wanted.len() >= limit {
                     break;
                 }
@@ -334,10 +444,8 @@ pub async fn run(
             }
         }
         if wanted.is_empty() {
-            // Everything read was for other sinks (or the outbox was trimmed past us).
-            let next = if passed > cursor { passed } else { end };
-            outbox.advance(index, &route.name, next)?;
-            cursor = next;
+            // Everything taken was for other sinks (or the outbox was trimmed past us).
+            cursor = if passed > cursor { passed } else { reach };
             continue;
         }
         let alerts: Vec<Arc<OutAlert>> = wanted.iter().map(|(_, a)| Arc::clone(a)).collect();
@@ -378,18 +486,66 @@ pub async fn run(
             }
             done = seq + 1;
         }
-        if done > cursor {
-            outbox.advance(index, &route.name, done)?;
-            cursor = done;
-        }
+        cursor = cursor.max(done);
         if outcomes.len() < wanted.len() {
             // Stopped while retrying: what was not handed over stays in the outbox.
             break;
         }
     }
+    let committed = marks.borrow().committed;
+    saver.finish(cursor.min(committed)).await?;
     sink.close().await;
-    report.left = (*committed.borrow()).saturating_sub(cursor);
+    report.left = committed.saturating_sub(saver.saved);
     Ok(report)
+}
+
+/// Stores a sink's cursor on a blocking thread, one write at a time, while the sink goes on
+/// delivering: a store write can wait behind the engine's synced write, which would otherwise
+/// hold up both the sink and the async thread it runs on.
+struct Saver {
+    outbox: Arc<Outbox>,
+    index: usize,
+    name: String,
+    /// The cursor as last stored.
+    saved: u64,
+    writing: Option<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl Saver {
+    /// Starts storing `upto`, unless a write is under way or it is stored already.
+    fn start(&mut self, upto: u64) {
+        if self.writing.is_some() || upto <= self.saved {
+            return;
+        }
+        let outbox = Arc::clone(&self.outbox);
+        let (index, name) = (self.index, self.name.clone());
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            outbox.advance(index, &name, upto).map(|()| upto)
+        }));
+    }
+
+    /// Waits for the write under way; never returns while there is none.
+    async fn written(&mut self) -> anyhow::Result<()> {
+        let Some(writing) = &mut self.writing else {
+            return std::future::pending().await;
+        };
+        let stored = writing.await;
+        self.writing = None;
+        self.saved = stored??;
+        Ok(())
+    }
+
+    /// Waits for the write under way, then stores `upto`.
+    async fn finish(&mut self, upto: u64) -> anyhow::Result<()> {
+        if self.writing.is_some() {
+            self.written().await?;
+        }
+        self.start(upto);
+        if self.writing.is_some() {
+            self.written().await?;
+        }
+        Ok(())
+    }
 }
 
 /// A count as a gauge value.
@@ -454,6 +610,16 @@ mod tests {
         }
     }
 
+    /// Stages `alerts`, writes them and announces them durable, as the engine thread does.
+    fn write(outbox: &Outbox, alerts: Vec<(OutAlert, Arc<[String]>)>) -> Vec<Entry> {
+        let entries = outbox.stage(alerts);
+        let mut batch = outbox.store().batch();
+        Outbox::put(&mut batch, &entries).unwrap();
+        outbox.store().write(batch).unwrap();
+        outbox.committed(entries.last().map_or(0, |e| e.seq + 1));
+        entries
+    }
+
     fn route(name: &str, rules: &[&str], filter: SinkFilter) -> Route {
         Route {
             name: name.into(),
@@ -468,7 +634,6 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), false).unwrap());
         let names = ["a".to_string(), "b".to_string()];
         let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 100).unwrap());
-        let mut batch = store.batch();
         // r1 goes to both sinks, r2 to b only.
         let both: Arc<[String]> = names.to_vec().into();
         let only_b: Arc<[String]> = vec!["b".to_string()].into();
@@ -481,9 +646,7 @@ mod tests {
                 }
             })
             .collect();
-        outbox.stage(&mut batch, &alerts).unwrap();
-        store.write(batch).unwrap();
-        outbox.committed();
+        write(&outbox, alerts);
         assert_eq!(outbox.pending(), 10);
 
         let got_a = Arc::new(Mutex::new(Vec::new()));
@@ -568,14 +731,11 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), false).unwrap());
         let names = ["fast".to_string(), "slow".to_string()];
         let outbox = Outbox::open(Arc::clone(&store), &names, 3).unwrap();
-        let mut batch = store.batch();
         let sinks: Arc<[String]> = names.to_vec().into();
         let alerts: Vec<(OutAlert, Arc<[String]>)> = (0..3)
             .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
             .collect();
-        outbox.stage(&mut batch, &alerts).unwrap();
-        store.write(batch).unwrap();
-        outbox.committed();
+        write(&outbox, alerts);
         outbox.advance(0, "fast", 3).unwrap();
         assert!(!outbox.wait_for_room(Duration::from_millis(1)));
         outbox.advance(1, "slow", 1).unwrap();
@@ -623,10 +783,7 @@ mod tests {
         let alerts: Vec<(OutAlert, Arc<[String]>)> = (0..4)
             .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
             .collect();
-        let mut batch = store.batch();
-        outbox.stage(&mut batch, &alerts).unwrap();
-        store.write(batch).unwrap();
-        outbox.committed();
+        write(&outbox, alerts);
         let (hook, idle) = (metrics.sink("hook"), metrics.sink("idle"));
         assert_eq!((hook.queue.get(), idle.queue.get()), (4, 4));
         let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
@@ -650,5 +807,124 @@ mod tests {
         assert_eq!(hook.failures.get(), 0);
         // The sink that did not run still has all four waiting.
         assert_eq!((hook.queue.get(), idle.queue.get()), (0, 4));
+    }
+
+    /// Polls `cond` until it holds, for at most ten seconds.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn stored_cursor(store: &Store, name: &str) -> u64 {
+        let cursors = store.cursors().unwrap();
+        cursors.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[tokio::test]
+    async fn a_staged_alert_goes_out_before_its_write_but_the_stored_cursor_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["hook".to_string()];
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 100).unwrap());
+        let sinks: Arc<[String]> = names.to_vec().into();
+        let staged = outbox.stage(
+            (0..3)
+                .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
+                .collect(),
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
+        let drain = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Arc::clone(&outbox),
+            0,
+            route("hook", &["r"], SinkFilter::default()),
+            Box::new(Recorder {
+                got: Arc::clone(&got),
+                refuse: vec![],
+                limit: 2,
+            }),
+            dead_tx,
+            Arc::new(|| 0),
+            drain.clone(),
+            CancellationToken::new(),
+        ));
+        until("the staged alerts delivered", || {
+            got.lock().unwrap().len() == 3
+        })
+        .await;
+        assert_eq!(*got.lock().unwrap(), ["id0", "id1", "id2"]);
+        // Nothing is durable yet: a restart now must not skip these numbers.
+        assert_eq!(stored_cursor(&store, "hook"), 0);
+        assert_eq!(store.outbox_len(0).unwrap(), 0);
+
+        let mut batch = store.batch();
+        Outbox::put(&mut batch, &staged[..2]).unwrap();
+        store.write(batch).unwrap();
+        outbox.committed(2);
+        until("the cursor stored up to the durable alerts", || {
+            stored_cursor(&store, "hook") == 2
+        })
+        .await;
+        let mut batch = store.batch();
+        Outbox::put(&mut batch, &staged[2..]).unwrap();
+        store.write(batch).unwrap();
+        outbox.committed(3);
+        drain.cancel();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!((report.delivered, report.left), (3, 0));
+        assert_eq!(stored_cursor(&store, "hook"), 3);
+        assert_eq!(got.lock().unwrap().len(), 3, "each delivered once");
+    }
+
+    #[tokio::test]
+    async fn a_sink_behind_what_memory_holds_reads_the_store_then_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["hook".to_string()];
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 1_000_000).unwrap());
+        let sinks: Arc<[String]> = names.to_vec().into();
+        let n = RECENT as u64 + 1000;
+        write(
+            &outbox,
+            (0..n)
+                .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
+                .collect(),
+        );
+        assert!(
+            outbox.recent(0, 1).is_none(),
+            "the oldest are only in the store"
+        );
+        assert!(outbox.recent(n - 1, 1).is_some());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let report = run(
+            Arc::clone(&outbox),
+            0,
+            route("hook", &["r"], SinkFilter::default()),
+            Box::new(Recorder {
+                got: Arc::clone(&got),
+                refuse: vec![],
+                limit: 100,
+            }),
+            dead_tx,
+            Arc::new(|| 0),
+            drain,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let want: Vec<String> = (0..n).map(|i| format!("id{i}")).collect();
+        assert_eq!(*got.lock().unwrap(), want, "every alert once, in order");
+        assert_eq!((report.delivered, report.left), (n, 0));
+        assert!(
+            outbox.recent(n - 1, 1).is_none(),
+            "memory forgets what every sink passed"
+        );
     }
 }

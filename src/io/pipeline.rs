@@ -8,10 +8,11 @@
 //! ```
 //!
 //! The engine is synchronous and owns all per-key state, so it runs on one dedicated thread
-//! fed by a bounded channel. After each batch it commits: the batch's alerts go into the
-//! outbox in one synced RocksDB write, and only then is the highest sequence number applied
-//! published, which lets the source acknowledge those messages. Sinks read the outbox on
-//! their own (see [`crate::delivery`]). A ticker wakes the engine thread every second so that streams
+//! fed by a bounded channel. After each batch it commits: the batch's alerts are staged in
+//! the outbox, where the sinks see them at once, and written with the state they came from
+//! in one synced RocksDB write; only then is the highest sequence number applied published,
+//! which lets the source acknowledge those messages. Sinks read the outbox on their own (see
+//! [`crate::delivery`]). A ticker wakes the engine thread every second so that streams
 //! quiet for longer than their `idle` timeout advance in time from the wall clock; the clock
 //! is injected ([`Clock`]) so that tests control it.
 //!
@@ -945,9 +946,9 @@ impl Worker {
         self.commit();
     }
 
-    /// Writes the batch's alerts to the outbox (one synced write), then lets the source
-    /// acknowledge the batch's messages. A failed write is retried: acknowledging without it
-    /// could lose the alerts.
+    /// Stages the batch's alerts, where the sinks take them at once, writes them with the
+    /// state they came from (one synced write), then lets the source acknowledge the batch's
+    /// messages. A failed write is retried: acknowledging without it could lose the alerts.
     fn commit(&mut self) {
         let started = std::time::Instant::now();
         if let Err(e) = self.engine.persist(&mut self.ops) {
@@ -956,19 +957,21 @@ impl Worker {
             tracing::error!(error = %format!("{e:#}"), "cannot encode engine state");
         }
         self.dedupe.persist(&mut self.ops);
-        if !self.staged.is_empty() || !self.ops.is_empty() {
+        // Delivering before the write is durable keeps the fsync off every alert's way out
+        // (see `crate::delivery::dispatch`).
+        let alerts = self.outbox.stage(std::mem::take(&mut self.staged));
+        if !alerts.is_empty() || !self.ops.is_empty() {
             let mut failures = 0u32;
             loop {
                 let store = self.outbox.store();
                 let mut batch = store.batch();
                 let written = batch
                     .apply(&self.ops)
-                    .and_then(|()| self.outbox.stage(&mut batch, &self.staged))
+                    .and_then(|()| Outbox::put(&mut batch, &alerts))
                     .and_then(|()| store.write(batch));
                 match written {
                     Ok(()) => break,
                     Err(e) => {
-                        self.outbox.abandon();
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(60) {
                             tracing::error!(error = %format!("{e:#}"), failures,
@@ -980,15 +983,14 @@ impl Worker {
             }
             self.ops.clear();
             self.metrics.checkpoint(started.elapsed());
-            if !self.staged.is_empty() {
-                self.report.stored += self.staged.len() as u64;
+            if let Some(last) = alerts.last() {
+                self.report.stored += alerts.len() as u64;
                 tracing::debug!(
-                    alerts = self.staged.len(),
+                    alerts = alerts.len(),
                     stored = self.report.stored,
                     "alerts written to the outbox"
                 );
-                self.staged.clear();
-                self.outbox.committed();
+                self.outbox.committed(last.seq + 1);
             }
         }
         self.applied.send_if_modified(|v| {

@@ -40,8 +40,8 @@ const VALUE_VERSION: u8 = 2;
 pub struct Entry {
     /// Its place in the outbox.
     pub seq: u64,
-    /// The alert.
-    pub alert: OutAlert,
+    /// The alert, shared by the outbox's recent entries and the sinks it is handed to.
+    pub alert: Arc<OutAlert>,
     /// The sinks its rule sent it to when it fired; `None` for entries from a format-1
     /// directory, which are routed by the rules running now.
     pub sinks: Option<Arc<[String]>>,
@@ -237,7 +237,11 @@ impl Store {
                     .map_err(|_| anyhow::anyhow!("a corrupt outbox key"))?,
             );
             let (alert, sinks) = decode_entry(&v).with_context(|| format!("outbox entry {seq}"))?;
-            out.push(Entry { seq, alert, sinks });
+            out.push(Entry {
+                seq,
+                alert: Arc::new(alert),
+                sinks,
+            });
         }
         Ok(out)
     }
