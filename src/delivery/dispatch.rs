@@ -373,21 +373,10 @@ pub async fn run(
             if drain.is_cancelled() || stop.is_cancelled() {
                 break;
             }
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = drain.cancelled() => continue,
-                written = saver.written() => {
-                    written?;
-                    continue;
-                }
-                changed = marks.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    continue;
-                }
+            if !wake(&stop, Some(&drain), &mut saver, &mut marks).await? {
+                break;
             }
+            continue;
         }
         if stop.is_cancelled() {
             break;
@@ -408,20 +397,10 @@ pub async fn run(
                 reach = committed;
             } else {
                 // No longer in memory and not written yet: wait for the write.
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => break,
-                    written = saver.written() => {
-                        written?;
-                        continue;
-                    }
-                    changed = marks.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
+                if !wake(&stop, None, &mut saver, &mut marks).await? {
+                    break;
                 }
+                continue;
             }
         }
         let mut wanted: Vec<(u64, Arc<OutAlert>)> = Vec::new();
@@ -497,6 +476,29 @@ pub async fn run(
     sink.close().await;
     report.left = committed.saturating_sub(saver.saved);
     Ok(report)
+}
+
+/// Waits for what a dispatcher acts on next: a stop, a drain (when `drain` is given), its
+/// cursor's write finishing, or the outbox moving on. False when it should stop.
+async fn wake(
+    stop: &CancellationToken,
+    drain: Option<&CancellationToken>,
+    saver: &mut Saver,
+    marks: &mut watch::Receiver<Marks>,
+) -> anyhow::Result<bool> {
+    let drained = async {
+        match drain {
+            Some(d) => d.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Ok(false),
+        _ = drained => Ok(true),
+        written = saver.written() => written.map(|()| true),
+        changed = marks.changed() => Ok(changed.is_ok()),
+    }
 }
 
 /// Stores a sink's cursor on a blocking thread, one write at a time, while the sink goes on
@@ -818,6 +820,31 @@ mod tests {
         }
     }
 
+    /// The dispatcher of sink 0, `hook`, recording into `got`, `limit` alerts at a time.
+    fn hook(
+        outbox: &Arc<Outbox>,
+        got: &Arc<Mutex<Vec<String>>>,
+        limit: usize,
+        drain: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<SinkReport>> + use<> {
+        // Dead letters are not expected: the receiver may go.
+        let (dead_tx, _) = tokio::sync::mpsc::channel(8);
+        run(
+            Arc::clone(outbox),
+            0,
+            route("hook", &["r"], SinkFilter::default()),
+            Box::new(Recorder {
+                got: Arc::clone(got),
+                refuse: vec![],
+                limit,
+            }),
+            dead_tx,
+            Arc::new(|| 0),
+            drain,
+            CancellationToken::new(),
+        )
+    }
+
     fn stored_cursor(store: &Store, name: &str) -> u64 {
         let cursors = store.cursors().unwrap();
         cursors.iter().find(|(n, _)| n == name).unwrap().1
@@ -836,22 +863,8 @@ mod tests {
                 .collect(),
         );
         let got = Arc::new(Mutex::new(Vec::new()));
-        let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
         let drain = CancellationToken::new();
-        let task = tokio::spawn(run(
-            Arc::clone(&outbox),
-            0,
-            route("hook", &["r"], SinkFilter::default()),
-            Box::new(Recorder {
-                got: Arc::clone(&got),
-                refuse: vec![],
-                limit: 2,
-            }),
-            dead_tx,
-            Arc::new(|| 0),
-            drain.clone(),
-            CancellationToken::new(),
-        ));
+        let task = tokio::spawn(hook(&outbox, &got, 2, drain.clone()));
         until("the staged alerts delivered", || {
             got.lock().unwrap().len() == 3
         })
@@ -900,25 +913,9 @@ mod tests {
         );
         assert!(outbox.recent(n - 1, 1).is_some());
         let got = Arc::new(Mutex::new(Vec::new()));
-        let (dead_tx, _dead_rx) = tokio::sync::mpsc::channel(8);
         let drain = CancellationToken::new();
         drain.cancel();
-        let report = run(
-            Arc::clone(&outbox),
-            0,
-            route("hook", &["r"], SinkFilter::default()),
-            Box::new(Recorder {
-                got: Arc::clone(&got),
-                refuse: vec![],
-                limit: 100,
-            }),
-            dead_tx,
-            Arc::new(|| 0),
-            drain,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let report = hook(&outbox, &got, 100, drain).await.unwrap();
         let want: Vec<String> = (0..n).map(|i| format!("id{i}")).collect();
         assert_eq!(*got.lock().unwrap(), want, "every alert once, in order");
         assert_eq!((report.delivered, report.left), (n, 0));
