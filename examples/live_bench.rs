@@ -11,6 +11,9 @@
 //! `--no-state-sync` runs tern with `state_sync = false` (no fsync per committed batch);
 //! `--qos 0` publishes and subscribes the latency phase at QoS 0 instead of 1 (no
 //! acknowledgements, so the broker keeps no message in flight: its own ceiling rises).
+//! With `LIVE_BENCH_DUMP=1` in the environment, each latency sample goes to stderr: seq,
+//! publish to alert, publish to the engine's `emitted_at` stamp, and that stamp to the sink
+//! (ms; the last two by the wall clock, with tern only).
 //!
 //! 1. Throughput: MESSAGES readings (default 200,000) over 100 keys, published with QoS 1 by
 //!    PUBLISHERS connections at once (default 4) as fast as they go, stamped with the wall
@@ -71,6 +74,16 @@ rule high {
 /// Records when each alert (by seq) reached the sink.
 struct TimingSink(Arc<Mutex<HashMap<i64, Instant>>>);
 
+/// Wall-clock stamps of each measured message, in ns since the epoch, for `LIVE_BENCH_DUMP`:
+/// (published, the engine's `emitted_at`, reached the sink). The wall clock, unlike
+/// `Instant`, is what `emitted_at` is stamped with, so the delay splits into the way to the
+/// engine (broker, MQTT client, queue, batch) and the way from it (outbox, dispatcher).
+static STAGES: Mutex<Vec<(i64, [i64; 3])>> = Mutex::new(Vec::new());
+
+fn wall_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
 impl Deliver for TimingSink {
     fn batch_limit(&self) -> usize {
         256
@@ -83,9 +96,11 @@ impl Deliver for TimingSink {
     ) -> DeliverFuture<'a> {
         Box::pin(async move {
             let now = Instant::now();
+            let wall = wall_ns();
             for a in batch {
                 if let Some(seq) = a.parsed()["fields"]["seq"].as_i64() {
                     self.0.lock().unwrap().insert(seq, now);
+                    STAGES.lock().unwrap().push((seq, [0, a.emitted_at, wall]));
                 }
             }
             vec![Outcome::Delivered; batch.len()]
@@ -326,6 +341,7 @@ async fn paced(
                 let alert = seq % every == 0;
                 if alert {
                     sent.push((seq, now));
+                    STAGES.lock().unwrap().push((seq, [wall_ns(), 0, 0]));
                 }
                 let value = if alert { 150.0 } else { 50.0 };
                 packet_id = packet_id % u16::MAX + 1;
@@ -364,8 +380,23 @@ fn report(what: &str, sent: &[(i64, Instant)], seen: &Mutex<HashMap<i64, Instant
             .collect()
     };
     if std::env::var_os("LIVE_BENCH_DUMP").is_some() {
+        // seq, publish to alert, publish to the engine's stamp, that stamp to the sink (ms).
+        let mut stages: HashMap<i64, [i64; 3]> = HashMap::new();
+        for (seq, stamps) in STAGES.lock().unwrap().drain(..) {
+            let s = stages.entry(seq).or_default();
+            for (to, from) in s.iter_mut().zip(stamps) {
+                *to = (*to).max(from);
+            }
+        }
+        let ms = |ns: i64| ns as f64 / 1e6;
         for (l, (seq, _)) in latencies.iter().zip(sent) {
-            eprintln!("{seq} {:.3}", l.as_secs_f64() * 1e3);
+            let [p, e, r] = stages.get(seq).copied().unwrap_or_default();
+            eprintln!(
+                "{seq} {:.3} {:.3} {:.3}",
+                l.as_secs_f64() * 1e3,
+                ms(e - p),
+                ms(r - e)
+            );
         }
     }
     latencies.sort();
