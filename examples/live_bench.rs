@@ -391,12 +391,13 @@ fn report(what: &str, sent: &[(i64, Instant)], seen: &Mutex<HashMap<i64, Instant
         let ms = |ns: i64| ns as f64 / 1e6;
         for (l, (seq, _)) in latencies.iter().zip(sent) {
             let [p, e, r] = stages.get(seq).copied().unwrap_or_default();
-            eprintln!(
-                "{seq} {:.3} {:.3} {:.3}",
-                l.as_secs_f64() * 1e3,
-                ms(e - p),
-                ms(r - e)
-            );
+            if e == 0 {
+                // The plain subscriber of `--broker-only` has no engine stamp.
+                eprintln!("{seq} {:.3}", l.as_secs_f64() * 1e3);
+            } else {
+                let total = l.as_secs_f64() * 1e3;
+                eprintln!("{seq} {total:.3} {:.3} {:.3}", ms(e - p), ms(r - e));
+            }
         }
     }
     latencies.sort();
