@@ -325,6 +325,8 @@ async fn paced(
         let reader = stream.try_clone().unwrap();
         std::thread::spawn(move || raw::read_loop(reader, |_| {}));
         let n = (rate * seconds) as i64;
+        // Only this phase's stamps: the throughput phase's alerts carry the same seqs.
+        STAGES.lock().unwrap().clear();
         let epoch = now_ms();
         let t0 = Instant::now() + Duration::from_millis(50);
         let due = |seq: i64| t0 + Duration::from_nanos(seq as u64 * 1_000_000_000 / rate);

@@ -211,16 +211,17 @@ mod tests {
 
     #[test]
     fn equal_deadlines_fire_in_scheduling_order_across_a_returned_head() {
-        let second = 1 << BUCKET_SHIFT;
+        let bucket = 1 << BUCKET_SHIFT;
         let mut t = Timers::default();
-        t.push(5 * second, "a");
-        t.push(5 * second, "b");
+        t.push(5 * bucket, "a");
+        t.push(5 * bucket, "b");
         // An earlier bucket sends the head back; later entries of its bucket follow it.
-        t.push(2 * second, "early");
-        t.push(5 * second, "c");
-        t.push(5 * second - 1, "before");
+        t.push(2 * bucket, "early");
+        t.push(5 * bucket, "c");
+        t.push(5 * bucket - 1, "before");
+        t.push(5 * bucket, "d");
         let order: Vec<_> = std::iter::from_fn(|| t.pop()).map(|(_, k)| k).collect();
-        assert_eq!(order, ["early", "before", "a", "b", "c"]);
+        assert_eq!(order, ["early", "before", "a", "b", "c", "d"]);
         assert!(t.is_empty());
     }
 
