@@ -4,7 +4,9 @@
 //! ever looked up by name on the hot path.
 
 use arcstr::ArcStr;
-use triomphe::ThinArc;
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 
@@ -131,23 +133,46 @@ impl ValueRef<'_> {
 
 /// An event of one stream: its time and its field values in schema order.
 ///
-/// One reference-counted allocation holds the header and the values, so an event costs one
-/// allocation to build and one to free however many rules and keys share it, and cloning it
-/// is a count increment. The handle is one pointer wide.
-#[derive(Clone, PartialEq)]
-pub struct Event(ThinArc<Head, Value>);
+/// One reference-counted block holds a 16-byte header (count, stream, length, time) and the
+/// values, so an event costs one allocation to build and one to free however many rules and
+/// keys share it, and cloning it is a count increment. The handle is one pointer wide. The
+/// count is our own, 32 bits wide beside 16-bit stream and length, where a generic thin
+/// `Arc` spends 32 bytes on its header: every key holding a partial match keeps an event.
+pub struct Event(NonNull<Head>);
+
+// SAFETY: the values are `Send + Sync` (`ArcStr` is), the count is atomic, and a value is
+// written only through `&mut Event` while the count is one.
+unsafe impl Send for Event {}
+// SAFETY: as for `Send`: shared handles only read.
+unsafe impl Sync for Event {}
 
 thread_local! {
     /// One event handed back by [`Event::recycle`], for the next [`Event::build`].
     static SPARE: std::cell::Cell<Option<Event>> = const { std::cell::Cell::new(None) };
 }
 
-/// What an event holds besides its values.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The start of an event's block; its values follow it.
+#[repr(C)]
 struct Head {
-    stream: u32,
+    count: AtomicU32,
+    /// Streams and fields are at most [`MAX_STREAMS`] and [`MAX_FIELDS`] (the checker's E225).
+    stream: u16,
+    len: u16,
     time: Nanos,
 }
+
+/// The most streams a program may declare: an event stores its stream in 16 bits.
+pub const MAX_STREAMS: usize = u16::MAX as usize;
+/// The most fields a stream may have: an event stores its length in 16 bits.
+pub const MAX_FIELDS: usize = u16::MAX as usize;
+
+// The values start right after the header, aligned.
+const _: () = assert!(std::mem::size_of::<Head>() == 16);
+const _: () = assert!(std::mem::size_of::<Head>().is_multiple_of(std::mem::align_of::<Value>()));
+const _: () = assert!(std::mem::align_of::<Value>() <= std::mem::align_of::<Head>());
+
+/// Past this many handles a clone aborts, as `Arc` does, rather than let the count wrap.
+const MAX_COUNT: u32 = u32::MAX / 2;
 
 impl Event {
     /// An event of stream `stream` at `time` with these values in schema order.
@@ -155,10 +180,75 @@ impl Event {
     where
         I: IntoIterator<Item = Value, IntoIter: ExactSizeIterator>,
     {
-        Event(ThinArc::from_header_and_iter(
-            Head { stream, time },
-            fields.into_iter(),
-        ))
+        let fields = fields.into_iter();
+        let mut event = Event::nulls(stream, fields.len(), time);
+        // Every value is a null already, so a short iterator leaves nulls; a long one is cut.
+        for (slot, v) in event.values_mut().iter_mut().zip(fields) {
+            *slot = v;
+        }
+        event
+    }
+
+    /// A new block of `len` nulls, counted once.
+    fn nulls(stream: u32, len: usize, time: Nanos) -> Event {
+        // Streams and lengths beyond 16 bits are rejected by the checker and by the stored
+        // state's reader; cut here too, so the block's layout always matches its header.
+        let len = len.min(MAX_FIELDS);
+        let layout = Event::layout(len);
+        // SAFETY: the layout is never zero-sized (the header is 16 bytes).
+        let block = unsafe { std::alloc::alloc(layout) }.cast::<Head>();
+        let Some(head) = NonNull::new(block) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: the block is fresh, sized and aligned for the header and `len` values.
+        unsafe {
+            head.as_ptr().write(Head {
+                count: AtomicU32::new(1),
+                stream: stream as u16,
+                len: len as u16,
+                time,
+            });
+            let values = head.as_ptr().add(1).cast::<Value>();
+            for i in 0..len {
+                values.add(i).write(Value::Null);
+            }
+        }
+        Event(head)
+    }
+
+    fn layout(len: usize) -> Layout {
+        let size = std::mem::size_of::<Head>() + len * std::mem::size_of::<Value>();
+        // Not reached: `len` is at most 65,535, about 1 MiB of values.
+        Layout::from_size_align(size, std::mem::align_of::<Head>())
+            .unwrap_or_else(|_| std::process::abort())
+    }
+
+    fn head(&self) -> &Head {
+        // SAFETY: the block lives while any handle does.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// The values and the header's stream and time, if this handle is the only one.
+    fn unique_mut(&mut self) -> Option<(&mut [Value], &mut u16, &mut Nanos)> {
+        if self.head().count.load(Ordering::Acquire) != 1 {
+            return None;
+        }
+        let len = usize::from(self.head().len);
+        // SAFETY: the only handle, borrowed mutably: nothing else reads the block. The values
+        // and the header's fields do not overlap.
+        unsafe {
+            let head = self.0.as_ptr();
+            let values = std::slice::from_raw_parts_mut(head.add(1).cast::<Value>(), len);
+            Some((values, &mut (*head).stream, &mut (*head).time))
+        }
+    }
+
+    /// The values of a block only this function's caller holds (just made).
+    fn values_mut(&mut self) -> &mut [Value] {
+        match self.unique_mut() {
+            Some((values, _, _)) => values,
+            None => &mut [],
+        }
     }
 
     /// Builds an event of `len` values in place, with no allocation but the event's own:
@@ -169,35 +259,26 @@ impl Event {
         len: usize,
         fill: impl FnOnce(&mut [Value]) -> Result<Nanos, E>,
     ) -> Result<Event, E> {
-        let spare = SPARE.take().filter(|spare| spare.fields().len() == len);
-        let recycled = spare.is_some();
-        let mut event = spare.unwrap_or_else(|| {
-            Event(ThinArc::from_header_and_iter(
-                Head { stream, time: 0 },
-                std::iter::repeat_n(Value::Null, len),
-            ))
-        });
-        let mut fill = Some(fill);
-        let filled = event.0.with_arc_mut(|arc| {
-            let inner = triomphe::Arc::get_mut(arc)?;
-            let fill = fill.take()?;
-            if recycled {
-                // It still holds its old stream and values.
-                inner.header_mut().stream = stream;
-                inner.slice_mut().fill(Value::Null);
+        let mut event = match SPARE.take() {
+            Some(mut spare) if spare.fields().len() == len => {
+                // It still holds its old values.
+                spare.values_mut().fill(Value::Null);
+                spare
             }
-            Some(fill(inner.slice_mut()).map(|time| inner.header_mut().time = time))
-        });
-        match (filled, fill) {
-            (Some(filled), _) => filled.map(|()| event),
-            // Not reached: a new or recycled event has no other reference. Filled on the
-            // side instead.
-            (None, Some(fill)) => {
+            _ => Event::nulls(stream, len, 0),
+        };
+        match event.unique_mut() {
+            Some((values, s, t)) => {
+                *s = stream as u16;
+                *t = fill(values)?;
+                Ok(event)
+            }
+            // Not reached: a new or recycled event has no other handle.
+            None => {
                 let mut values = vec![Value::Null; len];
                 let time = fill(&mut values)?;
                 Ok(Event::new(stream, time, values))
             }
-            (None, None) => Ok(event),
         }
     }
 
@@ -207,7 +288,7 @@ impl Event {
     /// written is in cache where a fresh one is a miss on its first write (and a trip
     /// through the allocator both ways).
     pub fn recycle(self) {
-        if self.0.with_arc(|arc| arc.is_unique()) {
+        if self.head().count.load(Ordering::Acquire) == 1 {
             // Whatever was kept before is dropped here.
             SPARE.set(Some(self));
         }
@@ -216,47 +297,81 @@ impl Event {
     /// Runs `f` on the values if this is the only reference to the event (to edit one
     /// before sharing it); `None` if it is shared.
     pub fn unique_fields<U>(&mut self, f: impl FnOnce(&mut [Value]) -> U) -> Option<U> {
-        self.0
-            .with_arc_mut(|arc| triomphe::Arc::get_mut(arc).map(|inner| f(inner.slice_mut())))
+        self.unique_mut().map(|(values, _, _)| f(values))
     }
 
     /// Moves the event to stream `stream` (a device profile's events belong to the program's
     /// stream of that name); copies it only if it is shared.
     pub fn set_stream(&mut self, stream: u32) {
-        let set = self.0.with_arc_mut(|arc| {
-            triomphe::Arc::get_mut(arc).map(|inner| inner.header_mut().stream = stream)
-        });
-        if set.is_none() {
-            *self = Event::new(stream, self.time(), self.fields().iter().cloned());
+        match self.unique_mut() {
+            Some((_, s, _)) => *s = stream as u16,
+            None => *self = Event::new(stream, self.time(), self.fields().iter().cloned()),
         }
     }
 
     /// Index of the stream in the loaded program.
     pub fn stream(&self) -> u32 {
-        self.0.header.header.stream
+        u32::from(self.head().stream)
     }
 
     /// Event time (the schema's time field), nanoseconds since the epoch.
     pub fn time(&self) -> Nanos {
-        self.0.header.header.time
+        self.head().time
     }
 
     /// Field values in schema order.
     pub fn fields(&self) -> &[Value] {
-        &self.0.slice
+        let len = usize::from(self.head().len);
+        // SAFETY: `len` values follow the header, all written when the block was made.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(1).cast::<Value>(), len) }
     }
 
     /// The event's address: equal for handles sharing one event.
     pub fn address(&self) -> *const std::ffi::c_void {
-        self.0.ptr()
+        self.0.as_ptr().cast_const().cast()
     }
 
-    /// Bytes of the event's allocation (header, count and values; not the strings).
+    /// Bytes of the event's allocation (header and values; not the strings).
     pub fn heap_bytes(&self) -> usize {
-        // The count, the header with the length, then the values.
-        std::mem::size_of::<usize>()
-            + std::mem::size_of::<triomphe::HeaderWithLength<Head>>()
-            + std::mem::size_of_val(self.fields())
+        Event::layout(self.fields().len()).size()
+    }
+}
+
+impl Clone for Event {
+    fn clone(&self) -> Event {
+        // Relaxed, as `Arc` does: a new handle is made from an existing one, which keeps the
+        // block alive, and publishing the handle to another thread synchronizes by itself.
+        if self.head().count.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+            std::process::abort();
+        }
+        Event(self.0)
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        if self.head().count.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Every other handle's use of the block happens before it is freed.
+        std::sync::atomic::fence(Ordering::Acquire);
+        let len = usize::from(self.head().len);
+        // SAFETY: the last handle: the values are dropped once and the block freed with the
+        // layout it was allocated with.
+        unsafe {
+            let values = self.0.as_ptr().add(1).cast::<Value>();
+            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(values, len));
+            std::alloc::dealloc(self.0.as_ptr().cast(), Event::layout(len));
+        }
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Event) -> bool {
+        self.0 == o.0
+            || (self.stream() == o.stream()
+                && self.time() == o.time()
+                && self.fields() == o.fields())
     }
 }
 
@@ -302,6 +417,13 @@ impl Serialize for Event {
 impl<'de> serde::Deserialize<'de> for Event {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
         let e = EventIn::deserialize(d)?;
+        if e.stream as usize > MAX_STREAMS || e.fields.len() > MAX_FIELDS {
+            return Err(serde::de::Error::custom(format!(
+                "event of stream {} with {} fields: beyond 16 bits",
+                e.stream,
+                e.fields.len()
+            )));
+        }
         Ok(Event::new(e.stream, e.time, e.fields))
     }
 }
@@ -399,6 +521,53 @@ mod tests {
     }
 
     #[test]
+    fn the_last_handle_on_any_thread_drops_the_values_once() {
+        let label = ArcStr::from(String::from("a string no literal shares"));
+        assert_eq!(ArcStr::strong_count(&label), Some(1));
+        let event = Event::new(7, 3, [Value::Str(label.clone()), Value::Int(4)]);
+        assert_eq!(ArcStr::strong_count(&label), Some(2));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let mine = event.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..2_000 {
+                        held.push(mine.clone());
+                        if i % 3 == 0 {
+                            held.clear();
+                        }
+                    }
+                    assert_eq!(mine.fields()[1], Value::Int(4));
+                });
+            }
+        });
+        let mut last = event.clone();
+        assert_eq!(last.unique_fields(|_| ()), None, "two handles left");
+        drop(event);
+        assert_eq!(last.unique_fields(|v| v.len()), Some(2), "one handle left");
+        assert_eq!(
+            ArcStr::strong_count(&label),
+            Some(2),
+            "the value is still held"
+        );
+        drop(last);
+        assert_eq!(
+            ArcStr::strong_count(&label),
+            Some(1),
+            "dropped with the last handle"
+        );
+    }
+
+    #[test]
+    fn stored_events_beyond_16_bit_streams_or_lengths_are_refused() {
+        let json = |stream: u64, n: usize| serde_json::json!({"stream": stream, "time": 1, "fields": vec!["Null"; n]});
+        let widest = serde_json::from_value::<Event>(json(65_535, 65_535)).unwrap();
+        assert_eq!((widest.stream(), widest.fields().len()), (65_535, 65_535));
+        assert!(serde_json::from_value::<Event>(json(65_536, 1)).is_err());
+        assert!(serde_json::from_value::<Event>(json(1, 65_536)).is_err());
+    }
+
+    #[test]
     fn an_event_serializes_as_a_struct_of_stream_time_and_fields() {
         let e = Event::new(1, 9, [Value::Float(2.5), Value::Null]);
         let json = serde_json::to_value(&e).unwrap();
@@ -410,6 +579,6 @@ mod tests {
         assert_eq!(back, e);
         let bytes = postcard::to_allocvec(&e).unwrap();
         assert_eq!(postcard::from_bytes::<Event>(&bytes).unwrap(), e);
-        assert_eq!(e.heap_bytes(), 8 + 24 + 2 * 16);
+        assert_eq!(e.heap_bytes(), 16 + 2 * 16);
     }
 }

@@ -27,10 +27,11 @@
 //! - [`authoring`]: rule tests (`tern test`) and traces of a rule over recorded events
 //!   (`tern explain --input`).
 //! - [`cli`]: one module per subcommand.
-//! - [`alloc`]: the global allocator (mimalloc), the only module with `unsafe`.
+//! - [`alloc`]: the global allocator (mimalloc); with [`event`]'s own reference-counted
+//!   block, the only `unsafe` code.
 
 pub mod admin;
-// The one module with `unsafe`: the global allocator's calls into mimalloc.
+// One of two modules with `unsafe`: the global allocator's calls into mimalloc.
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod authoring;
@@ -40,6 +41,9 @@ pub mod config;
 pub mod delivery;
 pub mod devices;
 pub mod engine;
+// The other module with `unsafe`: an event's block, header and values in one allocation
+// with a 32-bit count (docs/performance.md, "Memory").
+#[allow(unsafe_code)]
 pub mod event;
 pub mod io;
 pub mod lang;

@@ -73,3 +73,44 @@ fn shipped_rules_check_clean() {
         "the shipped rules are all there"
     );
 }
+
+#[test]
+fn a_stream_wider_than_an_event_can_hold_is_refused_with_e225() {
+    // An event stores its length in 16 bits: 65,535 fields is the widest stream. The wide
+    // schema is built from a small declared one (a rule file this wide parses slowly in
+    // debug builds) and passed in as a device profile's stream, as a loaded profile would be.
+    let mut sources = Sources::new();
+    let (program, diags) = compile::check_text(
+        &mut sources,
+        &[(
+            "narrow.tern",
+            "stream wide {\n    f0: int,\n    ts: timestamp,\n    time ts\n}\n",
+        )],
+        Vec::new(),
+        &sinks(),
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    let codes = |fields: usize| {
+        let mut wide = program.streams[0].clone();
+        let template = wide.fields[0].clone();
+        while wide.fields.len() < fields {
+            let mut f = template.clone();
+            f.name = format!("f{}", wide.fields.len());
+            wide.fields.push(f);
+        }
+        let mut sources = Sources::new();
+        let (_, diags) = compile::check_text(&mut sources, &[], vec![wide], &sinks());
+        diags
+            .iter()
+            .map(|d| (d.code.as_str().to_string(), d.message.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(codes(65_535), Vec::new(), "65,535 fields fit");
+    let refused = codes(65_536);
+    assert!(
+        refused
+            .iter()
+            .any(|(c, m)| c == "E225" && m.contains("65536 fields")),
+        "{refused:?}"
+    );
+}

@@ -181,6 +181,30 @@ impl Checker<'_> {
             );
             return None;
         }
+        // An event stores its stream and its length in 16 bits each.
+        let too_many = if s.fields.len() > crate::event::MAX_FIELDS {
+            Some(format!(
+                "stream `{}` has {} fields, more than {}",
+                s.name,
+                s.fields.len(),
+                crate::event::MAX_FIELDS
+            ))
+        } else if self.streams.len() >= crate::event::MAX_STREAMS {
+            Some(format!(
+                "stream `{}` is one more than the {} a program may declare",
+                s.name,
+                crate::event::MAX_STREAMS
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = too_many {
+            self.diags.push(
+                Diagnostic::error(Code::E225, message, s.origin.file, s.origin.span, "here")
+                    .with_note("split the stream, or drop fields and streams no rule reads"),
+            );
+            return None;
+        }
         self.streams.push(s);
         Some(StreamId(self.streams.len() as u32 - 1))
     }

@@ -76,6 +76,7 @@ codes! {
     E222 = "E222", "invalid argument";
     E223 = "E223", "invalid user function script";
     E224 = "E224", "unknown user function";
+    E225 = "E225", "too many streams or fields";
     // -- E3xx: pattern shape and boundedness ------------------------------------------------
     E300 = "E300", "unbounded pattern state";
     E301 = "E301", "negation cannot start a pattern";
