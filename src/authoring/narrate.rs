@@ -13,7 +13,7 @@ use serde_json::{Map, Value as Json, json};
 use crate::compile::hir::{Program, Skip};
 use crate::compile::nfa::{self, Nfa, StateId, fmt_duration};
 use crate::engine::alert::{Alert, rfc3339, to_json};
-use crate::engine::run::FoundKind;
+use crate::engine::run::{FoundKind, RunId};
 use crate::engine::trace::{Reason, Record, What};
 use crate::event::Nanos;
 
@@ -33,7 +33,7 @@ pub struct Line {
 }
 
 /// A run across the key's lifetimes: (epoch, engine run id).
-type RunKey = (u32, u64);
+type RunKey = (u32, RunId);
 /// How far a run got: (step index in pattern order, events taken).
 type Rank = (i64, u32);
 
@@ -56,11 +56,11 @@ struct KeyTrack {
 }
 
 impl KeyTrack {
-    fn id(&self, run: u64) -> (u32, u64) {
+    fn id(&self, run: RunId) -> RunKey {
         (self.epoch, run)
     }
 
-    fn display(&mut self, run: u64) -> u32 {
+    fn display(&mut self, run: RunId) -> u32 {
         if let Some(r) = self.runs.get(&self.id(run)) {
             return r.0;
         }
@@ -69,7 +69,7 @@ impl KeyTrack {
         self.next
     }
 
-    fn taken(&self, run: u64) -> u32 {
+    fn taken(&self, run: RunId) -> u32 {
         self.runs.get(&self.id(run)).map_or(0, |r| r.2)
     }
 }
@@ -396,7 +396,7 @@ impl Narrator {
 }
 
 /// Records a run as the furthest so far when it is (by step in pattern order, then events).
-fn consider(track: &mut KeyTrack, nfa: &Nfa, run: u64, state: StateId, taken: u32) {
+fn consider(track: &mut KeyTrack, nfa: &Nfa, run: RunId, state: StateId, taken: u32) {
     let var = nfa
         .states
         .get(state as usize)

@@ -152,7 +152,7 @@ pub fn build(
         }
     }
     for e in &chain {
-        hasher.u64(e.seq);
+        hasher.u64(u64::from(e.seq));
         hasher.u64(e.event.time() as u64);
         hasher.u64(u64::from(e.var.0));
         for v in e.event.fields().iter() {

@@ -20,7 +20,7 @@ pub struct Entry {
     /// The event (shared with every rule and key that holds it).
     pub event: Event,
     /// The key's sequence number of the event.
-    pub seq: u64,
+    pub seq: super::run::Seq,
     /// The step variable the event was taken by.
     pub var: VarId,
     /// The entry taken before this one in the same run, or `NIL`.
@@ -45,7 +45,14 @@ pub struct Buffer {
 impl Buffer {
     /// Adds an entry after `prev` (taking a reference on it); the new entry starts with one
     /// reference, owned by the caller.
-    pub fn push(&mut self, event: Event, seq: u64, var: VarId, in_loop: bool, prev: u32) -> u32 {
+    pub fn push(
+        &mut self,
+        event: Event,
+        seq: super::run::Seq,
+        var: VarId,
+        in_loop: bool,
+        prev: u32,
+    ) -> u32 {
         let anchor = if prev == NIL {
             NIL
         } else {
@@ -126,6 +133,11 @@ impl Buffer {
         }
         out.reverse();
         out
+    }
+
+    /// Every entry's sequence number, free entries' included, for renumbering.
+    pub fn seqs_mut(&mut self) -> impl Iterator<Item = &mut super::run::Seq> {
+        self.entries.iter_mut().map(|e| &mut e.seq)
     }
 
     /// Live entries.

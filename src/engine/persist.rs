@@ -172,8 +172,32 @@ mod tests {
     mod format2 {
         use crate::compile::hir::VarId;
         use crate::engine::key::HashValue;
-        use crate::engine::run::{Found, Run};
+        use crate::engine::run::FoundKind;
         use crate::event::{Nanos, Value};
+
+        /// Sequence numbers and run ids were 64 bits wide (postcard writes both as varints).
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Run {
+            pub state: u32,
+            pub alive: u64,
+            pub fresh: bool,
+            pub start_seq: u64,
+            pub start_time: Nanos,
+            pub last_time: Nanos,
+            pub tail: u32,
+            pub id: u64,
+            pub completed: bool,
+            pub absence: bool,
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        pub struct Found {
+            pub kind: FoundKind,
+            pub time: Nanos,
+            pub tail: u32,
+            pub start_seq: u64,
+            pub last_seq: u64,
+            pub id: u64,
+        }
 
         #[derive(serde::Serialize, serde::Deserialize)]
         pub struct Event {
@@ -240,7 +264,7 @@ mod tests {
                 start_time: 1,
                 last_time: 3,
                 tail,
-                id: i as u64,
+                id: i as u32,
                 completed: false,
                 absence: i == 1,
             });
@@ -264,8 +288,15 @@ mod tests {
         assert_eq!(first.fields[1], Value::Float(2.5));
         assert_eq!(old.buffer.entries[d as usize].event.time, 3);
         assert_eq!(postcard::to_allocvec(&old).unwrap(), now);
+        assert_eq!((old.runs[1].id, old.pending[0].last_seq), (1, 3));
         let back: KeyState = postcard::from_bytes(&now).unwrap();
         assert_eq!(postcard::to_allocvec(&back).unwrap(), now);
+        // A number beyond 32 bits (never written: keys are renumbered before) is refused,
+        // not cut.
+        let mut wide = old;
+        wide.next_seq = 1 << 32;
+        let wide = postcard::to_allocvec(&wide).unwrap();
+        assert!(postcard::from_bytes::<KeyState>(&wide).is_err());
 
         let parts = vec![
             HashValue(Value::Str("line-3".into())),

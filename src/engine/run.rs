@@ -16,6 +16,26 @@ use super::eval::{self, Ctx};
 use super::inline::Inline;
 use super::trace::{Reason, Trace, What};
 
+/// A key's sequence number of an event. 32 bits, so that a key holding one partial match
+/// stays in 128 bytes with its key inside; a key that lives long enough to near the end is
+/// renumbered ([`KeyState::renumber`]): only the order of sequence numbers matters.
+pub type Seq = u32;
+
+/// A run's creation number within its key; 32 bits and renumbered like [`Seq`].
+pub type RunId = u32;
+
+/// A key renumbers ([`KeyState::renumber`]) when its next sequence number or run id reaches
+/// this: half the range, so that no single event can run past the end.
+const RENUMBER_AT: u32 = u32::MAX / 2;
+
+/// Maps each of `values` to its rank among them, and any larger value to one past the
+/// largest rank.
+fn ranks(mut values: Vec<u32>) -> impl Fn(u32) -> u32 {
+    values.sort_unstable();
+    values.dedup();
+    move |v| values.partition_point(|x| *x < v) as u32
+}
+
 /// A partial match.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Run {
@@ -26,7 +46,7 @@ pub struct Run {
     /// No event has arrived since the last take (`not next` guards look at the next one only).
     pub fresh: bool,
     /// Sequence number of the first event.
-    pub start_seq: u64,
+    pub start_seq: Seq,
     /// Time of the first event.
     pub start_time: Nanos,
     /// Time of the last event taken.
@@ -34,7 +54,7 @@ pub struct Run {
     /// The last entry in the shared buffer (this run holds a reference on it).
     pub tail: u32,
     /// Creation order, to order matches that start with the same event.
-    pub id: u64,
+    pub id: RunId,
     /// The run has been emitted as a match: it times out silently.
     pub completed: bool,
     /// The run completes when time passes its deadline without a negated event (§4).
@@ -43,7 +63,7 @@ pub struct Run {
 
 impl Run {
     /// The run every event tries to start from: in the first state, nothing taken yet.
-    pub(super) fn starting(seq: u64, time: Nanos) -> Run {
+    pub(super) fn starting(seq: Seq, time: Nanos) -> Run {
         Run {
             state: 0,
             alive: u64::MAX,
@@ -79,11 +99,11 @@ pub struct Found {
     /// Last entry of the matched events.
     pub tail: u32,
     /// Sequence number of the first event.
-    pub start_seq: u64,
+    pub start_seq: Seq,
     /// Sequence number of the last event.
-    pub last_seq: u64,
+    pub last_seq: Seq,
     /// Creation order of the run.
-    pub id: u64,
+    pub id: RunId,
 }
 
 /// Everything one key holds for one rule. Laid out for the common key, which holds one run
@@ -99,9 +119,9 @@ pub struct KeyState {
     /// Completed matches held back until earlier-started runs are decided (§5).
     pub pending: ThinVec<Found>,
     /// Sequence number of the next event.
-    pub next_seq: u64,
+    pub next_seq: Seq,
     /// Next run id.
-    pub next_run: u64,
+    pub next_run: RunId,
 }
 
 /// Scratch space reused across keys, so stepping allocates nothing in the common case.
@@ -123,6 +143,44 @@ impl KeyState {
     pub fn heap_bytes(&self) -> usize {
         use super::buffer::thin_vec_bytes;
         self.runs.heap_bytes() + thin_vec_bytes(&self.pending) + self.buffer.heap_bytes()
+    }
+
+    /// Renumbers sequence numbers and run ids by rank, so that the next ones are as small as
+    /// can be. Matches compare both only by order and equality (which run started first,
+    /// where a skip strategy cuts), never by distance, so every decision stays the same.
+    /// Alert ids hash the new sequence numbers; the renumbering is a function of the key's
+    /// state alone, so a replay after a crash renumbers at the same event and repeats the
+    /// same ids. A trace across it (`tern explain`) shows the runs under their new numbers.
+    pub fn renumber(&mut self) {
+        let mut seqs: Vec<Seq> = self.buffer.seqs_mut().map(|s| *s).collect();
+        seqs.extend(self.runs.iter().map(|r| r.start_seq));
+        seqs.extend(self.pending.iter().flat_map(|f| [f.start_seq, f.last_seq]));
+        let rank = ranks(seqs);
+        let new = |old: &mut Seq| *old = rank(*old);
+        self.buffer.seqs_mut().for_each(new);
+        for r in self.runs.iter_mut() {
+            new(&mut r.start_seq);
+        }
+        for f in self.pending.iter_mut() {
+            new(&mut f.start_seq);
+            new(&mut f.last_seq);
+        }
+        self.next_seq = rank(self.next_seq);
+
+        let ids: Vec<RunId> = self
+            .runs
+            .iter()
+            .map(|r| r.id)
+            .chain(self.pending.iter().map(|f| f.id))
+            .collect();
+        let rank = ranks(ids);
+        for r in self.runs.iter_mut() {
+            r.id = rank(r.id);
+        }
+        for f in self.pending.iter_mut() {
+            f.id = rank(f.id);
+        }
+        self.next_run = rank(self.next_run);
     }
 
     /// Releases the reference a [`Found`] holds.
@@ -183,6 +241,9 @@ impl KeyState {
         out: &mut Vec<Found>,
         mut trace: Option<&mut Trace>,
     ) {
+        if self.next_seq >= RENUMBER_AT || self.next_run >= RENUMBER_AT {
+            self.renumber();
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let first_out = out.len();
@@ -253,7 +314,7 @@ impl KeyState {
         nfa: &Nfa,
         run: &mut Run,
         event: &Event,
-        seq: u64,
+        seq: Seq,
         key: &Value,
         created: &mut Vec<Run>,
         out: &mut Vec<Found>,
@@ -523,7 +584,7 @@ impl KeyState {
             .is_some_and(|e| eval::test(e, &ctx))
     }
 
-    fn last_seq(&self, tail: u32) -> u64 {
+    fn last_seq(&self, tail: u32) -> Seq {
         if tail == NIL {
             0
         } else {
@@ -541,7 +602,7 @@ impl KeyState {
         target: StateId,
         var: VarId,
         event: &Event,
-        seq: u64,
+        seq: Seq,
         out: &mut Vec<Found>,
         mut trace: Option<&mut Trace>,
     ) -> Option<Run> {
@@ -738,7 +799,7 @@ impl KeyState {
             return;
         }
         // Only a trace needs to tell new matches from held ones (no allocation otherwise).
-        let new_matches: Vec<u64> = match trace {
+        let new_matches: Vec<RunId> = match trace {
             Some(_) => out[from..]
                 .iter()
                 .filter(|f| f.kind == FoundKind::Match)
@@ -814,7 +875,7 @@ impl KeyState {
     }
 
     /// Sequence number of the first (or last) event of `var` in the chain ending at `tail`.
-    fn var_seq(&self, tail: u32, var: VarId, first: bool) -> Option<u64> {
+    fn var_seq(&self, tail: u32, var: VarId, first: bool) -> Option<Seq> {
         let chain = self.buffer.chain(tail);
         let mut it = chain.iter().filter(|e| e.var == var).map(|e| e.seq);
         if first { it.next() } else { it.next_back() }
@@ -873,13 +934,13 @@ fn note_expired(t: &mut Trace, run: &Run, deadline: Nanos, whole: bool, timeouts
 /// Pruning rule of a skip strategy.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
-    Equal(u64),
-    AtOrBefore(u64),
-    Before(u64),
+    Equal(Seq),
+    AtOrBefore(Seq),
+    Before(Seq),
 }
 
 impl Cut {
-    fn drops(self, start: u64) -> bool {
+    fn drops(self, start: Seq) -> bool {
         match self {
             Cut::Equal(s) => start == s,
             Cut::AtOrBefore(s) => start <= s,

@@ -37,7 +37,7 @@ pub enum What {
         /// The event.
         event: Event,
         /// The key's sequence number of the event.
-        seq: u64,
+        seq: super::run::Seq,
     },
     /// Time passed `now` for this key without an event (a deadline came due).
     Time {
@@ -47,16 +47,16 @@ pub enum What {
     /// The event started a new run, taken into `state`.
     Started {
         /// The new run.
-        run: u64,
+        run: super::run::RunId,
         /// The state it is in (the step that took the event).
         state: StateId,
     },
     /// Run `from` took the event into `state` and the result is run `run`; `from` is gone.
     Advanced {
         /// The run that took the event.
-        from: u64,
+        from: super::run::RunId,
         /// The run it became.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
     },
@@ -64,16 +64,16 @@ pub enum What {
     /// waiting (a loop that may take more, an optional step, `followed by any`).
     Branched {
         /// The run that took the event and goes on.
-        from: u64,
+        from: super::run::RunId,
         /// The new run.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
     },
     /// A run that waits on; the event was not for it (relaxed contiguity skips it).
     Skipped {
         /// The run.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
     },
@@ -81,7 +81,7 @@ pub enum What {
     /// event).
     Completed {
         /// The run.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
         /// The match's time.
@@ -90,12 +90,12 @@ pub enum What {
     /// A completed match waits for an earlier-started run to be decided (skip strategies).
     Held {
         /// The run whose match waits.
-        run: u64,
+        run: super::run::RunId,
     },
     /// The run's time ran out and the rule emits a timeout alert for it.
     TimedOut {
         /// The run.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
         /// Which bound passed ([`Reason::Within`] or [`Reason::StepBound`]).
@@ -104,14 +104,14 @@ pub enum What {
     /// A held match was dropped by the skip strategy when run `by`'s match was emitted.
     Discarded {
         /// The run whose match is dropped.
-        run: u64,
+        run: super::run::RunId,
         /// The run whose match pruned it.
-        by: u64,
+        by: super::run::RunId,
     },
     /// The run is gone without a match (or after its match, when it could have taken more).
     Ended {
         /// The run.
-        run: u64,
+        run: super::run::RunId,
         /// Its state.
         state: StateId,
         /// Why.
@@ -120,7 +120,7 @@ pub enum What {
     /// A match or timeout became an alert (in the order alerts come out).
     Emitted {
         /// The run.
-        run: u64,
+        run: super::run::RunId,
         /// Match or timeout.
         kind: FoundKind,
         /// The alert's event time.
@@ -166,7 +166,7 @@ pub enum Reason {
     /// Pruned by the skip strategy when run `by`'s match was emitted.
     Skip {
         /// The run whose match pruned it.
-        by: u64,
+        by: super::run::RunId,
     },
 }
 
