@@ -262,21 +262,20 @@ mod tests {
                 fresh: i == 0,
                 start_seq: 1,
                 start_time: 1,
-                last_time: 3,
                 tail,
                 id: i as u32,
                 completed: false,
                 absence: i == 1,
             });
         }
-        state.pending.push(Found {
+        state.buffer.set_held(vec![Found {
             kind: FoundKind::Match,
             time: 3,
             tail: c,
             start_seq: 1,
             last_seq: 3,
             id: 7,
-        });
+        }]);
         state.next_seq = 4;
         state.next_run = 2;
         let now = postcard::to_allocvec(&state).unwrap();
@@ -289,8 +288,11 @@ mod tests {
         assert_eq!(old.buffer.entries[d as usize].event.time, 3);
         assert_eq!(postcard::to_allocvec(&old).unwrap(), now);
         assert_eq!((old.runs[1].id, old.pending[0].last_seq), (1, 3));
+        // A run's last time is stored, though it is its last entry's event's time now.
+        assert_eq!((old.runs[0].last_time, old.runs[1].last_time), (1, 3));
         let back: KeyState = postcard::from_bytes(&now).unwrap();
         assert_eq!(postcard::to_allocvec(&back).unwrap(), now);
+        assert_eq!((back.buffer.held().len(), back.buffer.live()), (1, 3));
         // A number beyond 32 bits (never written: keys are renumbered before) is refused,
         // not cut.
         let mut wide = old;

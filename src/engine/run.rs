@@ -4,8 +4,6 @@
 //!
 //! The rules implemented here are stated in docs/semantics.md; section numbers refer to it.
 
-use thin_vec::ThinVec;
-
 use crate::compile::hir::{LoopMode, Skip, VarId};
 use crate::compile::nfa::{Completion, Guard, Nfa, StateId};
 use crate::event::{Event, Nanos, Value};
@@ -36,8 +34,9 @@ fn ranks(mut values: Vec<u32>) -> impl Fn(u32) -> u32 {
     move |v| values.partition_point(|x| *x < v) as u32
 }
 
-/// A partial match.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// A partial match. The time of its last event, which bounds its waits, is its last entry's
+/// event's ([`KeyState::last_time`]); it is stored as a field all the same (`StoredRun`).
+#[derive(Debug, Clone)]
 pub struct Run {
     /// The NFA state: which step took the last event.
     pub state: StateId,
@@ -49,8 +48,6 @@ pub struct Run {
     pub start_seq: Seq,
     /// Time of the first event.
     pub start_time: Nanos,
-    /// Time of the last event taken.
-    pub last_time: Nanos,
     /// The last entry in the shared buffer (this run holds a reference on it).
     pub tail: u32,
     /// Creation order, to order matches that start with the same event.
@@ -70,7 +67,6 @@ impl Run {
             fresh: false,
             start_seq: seq,
             start_time: time,
-            last_time: time,
             tail: NIL,
             id: 0,
             completed: false,
@@ -107,21 +103,116 @@ pub struct Found {
 }
 
 /// Everything one key holds for one rule. Laid out for the common key, which holds one run
-/// and one entry: both are inline, so the key is one allocation; the list of held-back
-/// matches, rarely used, is one pointer wide. The containers serialize as the vectors they
-/// replaced, so the stored format is unchanged.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+/// and one entry: both are inline, so the key is one allocation; the matches held back until
+/// earlier-started runs are decided (§5), rarely any, are kept aside by the buffer
+/// ([`Buffer::held`]). It serializes as the struct of vectors it replaced, so the stored
+/// format is unchanged.
+#[derive(Debug, Default, Clone)]
 pub struct KeyState {
-    /// Matched events, shared between runs.
+    /// Matched events, shared between runs, and the held-back matches.
     pub buffer: Buffer,
     /// Partial matches.
     pub runs: Inline<Run>,
-    /// Completed matches held back until earlier-started runs are decided (§5).
-    pub pending: ThinVec<Found>,
     /// Sequence number of the next event.
     pub next_seq: Seq,
     /// Next run id.
     pub next_run: RunId,
+}
+
+/// A run as stored: with the time of its last event, as before that time was read from the
+/// event.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename = "Run")]
+struct StoredRun {
+    state: StateId,
+    alive: u64,
+    fresh: bool,
+    start_seq: Seq,
+    start_time: Nanos,
+    last_time: Nanos,
+    tail: u32,
+    id: RunId,
+    completed: bool,
+    absence: bool,
+}
+
+/// The runs of a key, written one [`StoredRun`] each.
+struct StoredRuns<'a>(&'a KeyState);
+
+impl serde::Serialize for StoredRuns<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.runs.iter().map(|r| StoredRun {
+            state: r.state,
+            alive: r.alive,
+            fresh: r.fresh,
+            start_seq: r.start_seq,
+            start_time: r.start_time,
+            last_time: self.0.last_time(r),
+            tail: r.tail,
+            id: r.id,
+            completed: r.completed,
+            absence: r.absence,
+        }))
+    }
+}
+
+/// How a key's state is written: the struct of vectors it was.
+#[derive(serde::Serialize)]
+#[serde(rename = "KeyState")]
+struct StoredState<'a> {
+    buffer: super::buffer::StoredBuffer<'a>,
+    runs: StoredRuns<'a>,
+    pending: &'a [Found],
+    next_seq: Seq,
+    next_run: RunId,
+}
+
+/// How a key's state is read.
+#[derive(serde::Deserialize)]
+#[serde(rename = "KeyState")]
+struct ReadState {
+    buffer: super::buffer::ReadBuffer,
+    runs: Vec<StoredRun>,
+    pending: Vec<Found>,
+    next_seq: Seq,
+    next_run: RunId,
+}
+
+impl serde::Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredState {
+            buffer: self.buffer.stored(),
+            runs: StoredRuns(self),
+            pending: self.buffer.held(),
+            next_seq: self.next_seq,
+            next_run: self.next_run,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyState, D::Error> {
+        let r = ReadState::deserialize(d)?;
+        // The stored `last_time` is the last entry's event's time, read from the event now.
+        let runs = r.runs.into_iter().map(|r| Run {
+            state: r.state,
+            alive: r.alive,
+            fresh: r.fresh,
+            start_seq: r.start_seq,
+            start_time: r.start_time,
+            tail: r.tail,
+            id: r.id,
+            completed: r.completed,
+            absence: r.absence,
+        });
+        Ok(KeyState {
+            buffer: Buffer::from_stored(r.buffer, r.pending),
+            runs: runs.collect::<Vec<_>>().into(),
+            next_seq: r.next_seq,
+            next_run: r.next_run,
+        })
+    }
 }
 
 /// Scratch space reused across keys, so stepping allocates nothing in the common case.
@@ -135,14 +226,19 @@ pub struct Scratch {
 impl KeyState {
     /// True when the key holds nothing and can be forgotten.
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.pending.is_empty()
+        self.runs.is_empty() && self.buffer.held().is_empty()
+    }
+
+    /// Time of the last event `run` took (its last entry's), or of its start before it took
+    /// any.
+    pub fn last_time(&self, run: &Run) -> Nanos {
+        self.buffer.time_of(run.tail, run.start_time)
     }
 
     /// Heap bytes held beyond the key state itself: runs, held-back matches and entries that
     /// do not fit inline (not the shared events).
     pub fn heap_bytes(&self) -> usize {
-        use super::buffer::thin_vec_bytes;
-        self.runs.heap_bytes() + thin_vec_bytes(&self.pending) + self.buffer.heap_bytes()
+        self.runs.heap_bytes() + self.buffer.heap_bytes()
     }
 
     /// Renumbers sequence numbers and run ids by rank, so that the next ones are as small as
@@ -154,14 +250,15 @@ impl KeyState {
     pub fn renumber(&mut self) {
         let mut seqs: Vec<Seq> = self.buffer.seqs_mut().map(|s| *s).collect();
         seqs.extend(self.runs.iter().map(|r| r.start_seq));
-        seqs.extend(self.pending.iter().flat_map(|f| [f.start_seq, f.last_seq]));
+        let mut held = self.buffer.take_held();
+        seqs.extend(held.iter().flat_map(|f| [f.start_seq, f.last_seq]));
         let rank = ranks(seqs);
         let new = |old: &mut Seq| *old = rank(*old);
         self.buffer.seqs_mut().for_each(new);
         for r in self.runs.iter_mut() {
             new(&mut r.start_seq);
         }
-        for f in self.pending.iter_mut() {
+        for f in held.iter_mut() {
             new(&mut f.start_seq);
             new(&mut f.last_seq);
         }
@@ -171,16 +268,17 @@ impl KeyState {
             .runs
             .iter()
             .map(|r| r.id)
-            .chain(self.pending.iter().map(|f| f.id))
+            .chain(held.iter().map(|f| f.id))
             .collect();
         let rank = ranks(ids);
         for r in self.runs.iter_mut() {
             r.id = rank(r.id);
         }
-        for f in self.pending.iter_mut() {
+        for f in held.iter_mut() {
             f.id = rank(f.id);
         }
         self.next_run = rank(self.next_run);
+        self.buffer.set_held(held);
     }
 
     /// Releases the reference a [`Found`] holds.
@@ -204,7 +302,7 @@ impl KeyState {
                 if r.alive & (1 << i) != 0
                     && let Some(b) = wait.within
                 {
-                    consider(r.last_time.saturating_add(b));
+                    consider(self.last_time(r).saturating_add(b));
                 }
             }
         }
@@ -646,7 +744,6 @@ impl KeyState {
             } else {
                 from.start_time
             },
-            last_time: event.time(),
             tail,
             id,
             completed: false,
@@ -730,7 +827,10 @@ impl KeyState {
                 let mut latest = None;
                 for b in bits(run.alive) {
                     if let Some(bound) = state.waits[b].within {
-                        let deadline = run.last_time.saturating_add(bound);
+                        let deadline = self
+                            .buffer
+                            .time_of(run.tail, run.start_time)
+                            .saturating_add(bound);
                         if now >= deadline {
                             run.alive &= !(1u64 << b);
                             latest = Some(latest.map_or(deadline, |l: Nanos| l.max(deadline)));
@@ -808,23 +908,24 @@ impl KeyState {
             None => Vec::new(),
         };
         // Matches found just now join the held-back ones; timeouts pass straight through.
+        let mut pending = self.buffer.take_held();
         let mut keep = std::mem::take(&mut scratch.found);
         keep.clear();
         for f in out.drain(from..) {
             if f.kind == FoundKind::Match {
-                self.pending.push(f);
+                pending.push(f);
             } else {
                 keep.push(f);
             }
         }
         out.append(&mut keep);
         scratch.found = keep;
-        self.pending.sort_by_key(|f| (f.start_seq, f.id));
-        while let Some(first) = self.pending.first() {
+        pending.sort_by_key(|f| (f.start_seq, f.id));
+        while let Some(first) = pending.first() {
             if self.runs.iter().any(|r| r.start_seq < first.start_seq) {
                 break;
             }
-            let m = self.pending.remove(0);
+            let m = pending.remove(0);
             let cut = match skip {
                 Skip::None => None,
                 Skip::ToNext => Some(Cut::Equal(m.start_seq)),
@@ -851,7 +952,6 @@ impl KeyState {
                     !drop
                 });
                 self.runs = runs;
-                let mut pending = std::mem::take(&mut self.pending);
                 pending.retain(|p| {
                     let drop = cut.drops(p.start_seq);
                     if drop {
@@ -862,16 +962,16 @@ impl KeyState {
                     }
                     !drop
                 });
-                self.pending = pending;
             }
         }
         if let Some(t) = trace {
-            for p in &self.pending {
+            for p in &pending {
                 if new_matches.contains(&p.id) {
                     t.note(What::Held { run: p.id });
                 }
             }
         }
+        self.buffer.set_held(pending);
     }
 
     /// Sequence number of the first (or last) event of `var` in the chain ending at `tail`.
@@ -884,7 +984,6 @@ impl KeyState {
     /// Ends every run and held-back match (a changed rule, an evicted key).
     pub fn clear(&mut self) {
         self.runs.clear();
-        self.pending.clear();
         self.buffer = Buffer::default();
     }
 }

@@ -1190,7 +1190,7 @@ impl Worker {
                     "id": run.id,
                     "step": step,
                     "started": crate::engine::alert::rfc3339(run.start_time),
-                    "last_event": crate::engine::alert::rfc3339(run.last_time),
+                    "last_event": crate::engine::alert::rfc3339(state.last_time(run)),
                     "events": events,
                 })
             })
@@ -1199,7 +1199,7 @@ impl Worker {
             rule: rule.to_owned(),
             key: key.to_owned(),
             partial_matches,
-            pending_matches: state.pending.len(),
+            pending_matches: state.buffer.held().len(),
             buffered_events: state.buffer.live(),
         })
     }
