@@ -5,6 +5,7 @@
 
 use arcstr::ArcStr;
 use std::alloc::Layout;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -62,8 +63,10 @@ impl Value {
     }
 }
 
-/// A value borrowed: what a scanner reads from a line before (or instead of) owning it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A value borrowed: what a scanner reads from a line before (or instead of) owning it, and
+/// what an event's values are read as. Serializes as the [`Value`] it borrows.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename = "Value")]
 pub enum ValueRef<'a> {
     /// Missing or null.
     Null,
@@ -82,7 +85,21 @@ pub enum ValueRef<'a> {
 }
 
 impl ValueRef<'_> {
-    /// The owned value.
+    /// True for `Null`.
+    pub fn is_null(self) -> bool {
+        matches!(self, ValueRef::Null)
+    }
+
+    /// The value as a float, for numbers.
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            ValueRef::Int(i) => Some(i as f64),
+            ValueRef::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The owned value (a string copied).
     pub fn to_value(self) -> Value {
         match self {
             ValueRef::Null => Value::Null,
@@ -133,11 +150,13 @@ impl ValueRef<'_> {
 
 /// An event of one stream: its time and its field values in schema order.
 ///
-/// One reference-counted block holds a 16-byte header (count, stream, length, time) and the
-/// values, so an event costs one allocation to build and one to free however many rules and
-/// keys share it, and cloning it is a count increment. The handle is one pointer wide. The
-/// count is our own, 32 bits wide beside 16-bit stream and length, where a generic thin
-/// `Arc` spends 32 bytes on its header: every key holding a partial match keeps an event.
+/// One reference-counted block holds a 16-byte header (count, stream, length, time), a tag
+/// byte per value (its kind), then the values, 8 bytes each (a string as a pointer to its
+/// shared text). An event costs one allocation to build and one to free however many rules
+/// and keys share it, and cloning it is a count increment. The handle is one pointer wide.
+/// The count is our own, 32 bits beside 16-bit stream and length, where a generic thin `Arc`
+/// spends 32 bytes on its header, and values are 8 bytes where an enum of them takes 16:
+/// every key holding a partial match keeps an event.
 pub struct Event(NonNull<Head>);
 
 // SAFETY: the values are `Send + Sync` (`ArcStr` is), the count is atomic, and a value is
@@ -151,7 +170,7 @@ thread_local! {
     static SPARE: std::cell::Cell<Option<Event>> = const { std::cell::Cell::new(None) };
 }
 
-/// The start of an event's block; its values follow it.
+/// The start of an event's block; the tags and values follow it.
 #[repr(C)]
 struct Head {
     count: AtomicU32,
@@ -166,13 +185,129 @@ pub const MAX_STREAMS: usize = u16::MAX as usize;
 /// The most fields a stream may have: an event stores its length in 16 bits.
 pub const MAX_FIELDS: usize = u16::MAX as usize;
 
-// The values start right after the header, aligned.
+/// A value's kind, in its tag byte.
+mod tag {
+    pub const NULL: u8 = 0;
+    pub const BOOL: u8 = 1;
+    pub const INT: u8 = 2;
+    pub const FLOAT: u8 = 3;
+    pub const STR: u8 = 4;
+    pub const TIMESTAMP: u8 = 5;
+    pub const DURATION: u8 = 6;
+}
+
+/// One value's 8 bytes: a number's bits, or a string. Which one is in the value's tag.
+#[repr(C)]
+union Slot {
+    bits: u64,
+    text: ManuallyDrop<ArcStr>,
+}
+
 const _: () = assert!(std::mem::size_of::<Head>() == 16);
-const _: () = assert!(std::mem::size_of::<Head>().is_multiple_of(std::mem::align_of::<Value>()));
-const _: () = assert!(std::mem::align_of::<Value>() <= std::mem::align_of::<Head>());
+const _: () = assert!(std::mem::size_of::<Slot>() == 8);
+const _: () = assert!(std::mem::align_of::<Slot>() <= std::mem::align_of::<Head>());
 
 /// Past this many handles a clone aborts, as `Arc` does, rather than let the count wrap.
 const MAX_COUNT: u32 = u32::MAX / 2;
+
+/// The value a tag and a slot hold.
+fn read(tag: u8, slot: &Slot) -> ValueRef<'_> {
+    // SAFETY: the tag says which field of the slot was written; a string stays alive while
+    // the slot does.
+    unsafe {
+        match tag {
+            tag::BOOL => ValueRef::Bool(slot.bits != 0),
+            tag::INT => ValueRef::Int(slot.bits as i64),
+            tag::FLOAT => ValueRef::Float(f64::from_bits(slot.bits)),
+            tag::STR => ValueRef::Str(slot.text.as_str()),
+            tag::TIMESTAMP => ValueRef::Timestamp(slot.bits as i64),
+            tag::DURATION => ValueRef::Duration(slot.bits as i64),
+            _ => ValueRef::Null,
+        }
+    }
+}
+
+/// The value a tag and a slot hold, owned: a string is shared, not copied.
+fn own(tag: u8, slot: &Slot) -> Value {
+    match read(tag, slot) {
+        // SAFETY: the tag says the slot holds a string.
+        ValueRef::Str(_) => Value::Str(unsafe { (*slot.text).clone() }),
+        v => v.to_value(),
+    }
+}
+
+/// Writes `v` over a tag and a slot, dropping the string it held.
+fn put(tag: &mut u8, slot: &mut Slot, v: Value) {
+    if *tag == tag::STR {
+        // SAFETY: the tag says the slot holds a string, dropped once: the tag changes below.
+        unsafe { ManuallyDrop::drop(&mut slot.text) }
+    }
+    let (t, bits) = match v {
+        Value::Null => (tag::NULL, 0),
+        Value::Bool(b) => (tag::BOOL, u64::from(b)),
+        Value::Int(i) => (tag::INT, i as u64),
+        Value::Float(f) => (tag::FLOAT, f.to_bits()),
+        Value::Timestamp(t) => (tag::TIMESTAMP, t as u64),
+        Value::Duration(d) => (tag::DURATION, d as u64),
+        Value::Str(s) => {
+            *tag = tag::STR;
+            *slot = Slot {
+                text: ManuallyDrop::new(s),
+            };
+            return;
+        }
+    };
+    *tag = t;
+    *slot = Slot { bits };
+}
+
+/// An event's values while only one handle holds it: read and written in place.
+pub struct Fields<'a> {
+    tags: &'a mut [u8],
+    slots: &'a mut [Slot],
+}
+
+impl Fields<'_> {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Value `i`.
+    pub fn get(&self, i: usize) -> Option<ValueRef<'_>> {
+        Some(read(*self.tags.get(i)?, self.slots.get(i)?))
+    }
+
+    /// Sets value `i` (past the end: nothing).
+    pub fn set(&mut self, i: usize, v: Value) {
+        if let (Some(t), Some(s)) = (self.tags.get_mut(i), self.slots.get_mut(i)) {
+            put(t, s, v);
+        }
+    }
+
+    /// Value `i` if it is a string, shared.
+    pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
+        match self.tags.get(i) {
+            // SAFETY: the tag says the slot holds a string.
+            Some(&tag::STR) => self.slots.get(i).map(|s| unsafe { &*s.text }),
+            _ => None,
+        }
+    }
+
+    /// Every value null again.
+    fn clear(&mut self) {
+        for (t, s) in self.tags.iter_mut().zip(self.slots.iter_mut()) {
+            if *t != tag::NULL {
+                put(t, s, Value::Null);
+            }
+        }
+    }
+}
 
 impl Event {
     /// An event of stream `stream` at `time` with these values in schema order.
@@ -182,11 +317,26 @@ impl Event {
     {
         let fields = fields.into_iter();
         let mut event = Event::nulls(stream, fields.len(), time);
-        // Every value is a null already, so a short iterator leaves nulls; a long one is cut.
-        for (slot, v) in event.values_mut().iter_mut().zip(fields) {
-            *slot = v;
+        if let Some((mut values, _, _)) = event.unique_mut() {
+            // Every value is null already, so a short iterator leaves nulls; a long one is cut.
+            for (i, v) in fields.enumerate().take(values.len()) {
+                values.set(i, v);
+            }
         }
         event
+    }
+
+    /// Bytes of the tags of `len` values: a multiple of 8, so that the values are aligned.
+    fn tags_len(len: usize) -> usize {
+        len.next_multiple_of(8)
+    }
+
+    fn layout(len: usize) -> Layout {
+        let size =
+            std::mem::size_of::<Head>() + Event::tags_len(len) + len * std::mem::size_of::<Slot>();
+        // Not reached: `len` is at most 65,535, about 600 KiB.
+        Layout::from_size_align(size, std::mem::align_of::<Head>())
+            .unwrap_or_else(|_| std::process::abort())
     }
 
     /// A new block of `len` nulls, counted once.
@@ -200,7 +350,8 @@ impl Event {
         let Some(head) = NonNull::new(block) else {
             std::alloc::handle_alloc_error(layout)
         };
-        // SAFETY: the block is fresh, sized and aligned for the header and `len` values.
+        // SAFETY: the block is fresh, sized and aligned for the header, the tags and `len`
+        // values; all-zero tags and slots are nulls.
         unsafe {
             head.as_ptr().write(Head {
                 count: AtomicU32::new(1),
@@ -208,19 +359,10 @@ impl Event {
                 len: len as u16,
                 time,
             });
-            let values = head.as_ptr().add(1).cast::<Value>();
-            for i in 0..len {
-                values.add(i).write(Value::Null);
-            }
+            let rest = layout.size() - std::mem::size_of::<Head>();
+            head.as_ptr().add(1).cast::<u8>().write_bytes(0, rest);
         }
         Event(head)
-    }
-
-    fn layout(len: usize) -> Layout {
-        let size = std::mem::size_of::<Head>() + len * std::mem::size_of::<Value>();
-        // Not reached: `len` is at most 65,535, about 1 MiB of values.
-        Layout::from_size_align(size, std::mem::align_of::<Head>())
-            .unwrap_or_else(|_| std::process::abort())
     }
 
     fn head(&self) -> &Head {
@@ -228,26 +370,51 @@ impl Event {
         unsafe { self.0.as_ref() }
     }
 
-    /// The values and the header's stream and time, if this handle is the only one.
-    fn unique_mut(&mut self) -> Option<(&mut [Value], &mut u16, &mut Nanos)> {
-        if self.head().count.load(Ordering::Acquire) != 1 {
-            return None;
-        }
+    fn tags(&self) -> &[u8] {
         let len = usize::from(self.head().len);
-        // SAFETY: the only handle, borrowed mutably: nothing else reads the block. The values
-        // and the header's fields do not overlap.
+        // SAFETY: `len` tags follow the header, all written when the block was made.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(1).cast::<u8>(), len) }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        let len = usize::from(self.head().len);
+        // SAFETY: `len` values follow the tags, all written when the block was made.
         unsafe {
-            let head = self.0.as_ptr();
-            let values = std::slice::from_raw_parts_mut(head.add(1).cast::<Value>(), len);
-            Some((values, &mut (*head).stream, &mut (*head).time))
+            let tags = self.0.as_ptr().add(1).cast::<u8>();
+            std::slice::from_raw_parts(tags.add(Event::tags_len(len)).cast::<Slot>(), len)
         }
     }
 
-    /// The values of a block only this function's caller holds (just made).
-    fn values_mut(&mut self) -> &mut [Value] {
-        match self.unique_mut() {
-            Some((values, _, _)) => values,
-            None => &mut [],
+    /// The values and the header's stream and time, if this handle is the only one.
+    fn unique_mut(&mut self) -> Option<(Fields<'_>, &mut u16, &mut Nanos)> {
+        if self.head().count.load(Ordering::Acquire) != 1 {
+            return None;
+        }
+        // SAFETY: the only handle.
+        Some(unsafe { self.parts() })
+    }
+
+    /// The values and the header's stream and time, to write.
+    ///
+    /// # Safety
+    /// No other handle may use the block meanwhile: the count is one, or this is the last
+    /// handle's drop.
+    unsafe fn parts(&mut self) -> (Fields<'_>, &mut u16, &mut Nanos) {
+        let len = usize::from(self.head().len);
+        // SAFETY: nothing else reads the block (the caller's promise), and it is borrowed
+        // mutably. The tags, the values and the header's fields do not overlap.
+        unsafe {
+            let head = self.0.as_ptr();
+            let tags = head.add(1).cast::<u8>();
+            let slots = tags.add(Event::tags_len(len)).cast::<Slot>();
+            (
+                Fields {
+                    tags: std::slice::from_raw_parts_mut(tags, len),
+                    slots: std::slice::from_raw_parts_mut(slots, len),
+                },
+                &mut (*head).stream,
+                &mut (*head).time,
+            )
         }
     }
 
@@ -257,27 +424,27 @@ impl Event {
     pub fn build<E>(
         stream: u32,
         len: usize,
-        fill: impl FnOnce(&mut [Value]) -> Result<Nanos, E>,
+        fill: impl FnOnce(&mut Fields<'_>) -> Result<Nanos, E>,
     ) -> Result<Event, E> {
         let mut event = match SPARE.take() {
-            Some(mut spare) if spare.fields().len() == len => {
-                // It still holds its old values.
-                spare.values_mut().fill(Value::Null);
-                spare
-            }
+            Some(spare) if spare.len() == len => spare,
             _ => Event::nulls(stream, len, 0),
         };
         match event.unique_mut() {
-            Some((values, s, t)) => {
+            Some((mut values, s, t)) => {
+                // A recycled block still holds its old values.
+                values.clear();
                 *s = stream as u16;
-                *t = fill(values)?;
+                *t = fill(&mut values)?;
                 Ok(event)
             }
             // Not reached: a new or recycled event has no other handle.
             None => {
-                let mut values = vec![Value::Null; len];
-                let time = fill(&mut values)?;
-                Ok(Event::new(stream, time, values))
+                let mut fresh = Event::nulls(stream, len, 0);
+                // SAFETY: a new block has one handle.
+                let (mut values, _, t) = unsafe { fresh.parts() };
+                *t = fill(&mut values)?;
+                Ok(fresh)
             }
         }
     }
@@ -296,8 +463,8 @@ impl Event {
 
     /// Runs `f` on the values if this is the only reference to the event (to edit one
     /// before sharing it); `None` if it is shared.
-    pub fn unique_fields<U>(&mut self, f: impl FnOnce(&mut [Value]) -> U) -> Option<U> {
-        self.unique_mut().map(|(values, _, _)| f(values))
+    pub fn unique_fields<U>(&mut self, f: impl FnOnce(&mut Fields<'_>) -> U) -> Option<U> {
+        self.unique_mut().map(|(mut values, _, _)| f(&mut values))
     }
 
     /// Moves the event to stream `stream` (a device profile's events belong to the program's
@@ -305,7 +472,7 @@ impl Event {
     pub fn set_stream(&mut self, stream: u32) {
         match self.unique_mut() {
             Some((_, s, _)) => *s = stream as u16,
-            None => *self = Event::new(stream, self.time(), self.fields().iter().cloned()),
+            None => *self = Event::new(stream, self.time(), self.to_values()),
         }
     }
 
@@ -319,11 +486,54 @@ impl Event {
         self.head().time
     }
 
-    /// Field values in schema order.
-    pub fn fields(&self) -> &[Value] {
-        let len = usize::from(self.head().len);
-        // SAFETY: `len` values follow the header, all written when the block was made.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(1).cast::<Value>(), len) }
+    /// The number of values (the stream's fields).
+    pub fn len(&self) -> usize {
+        usize::from(self.head().len)
+    }
+
+    /// True for an event without values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i` (field `i` of the stream's schema), borrowed.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<ValueRef<'_>> {
+        Some(read(*self.tags().get(i)?, self.slots().get(i)?))
+    }
+
+    /// Value `i`, owned (a string shared, not copied); null past the end.
+    pub fn value(&self, i: usize) -> Value {
+        match (self.tags().get(i), self.slots().get(i)) {
+            (Some(t), Some(s)) => own(*t, s),
+            _ => Value::Null,
+        }
+    }
+
+    /// Value `i` if it is a string, shared.
+    pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
+        match self.tags().get(i) {
+            // SAFETY: the tag says the slot holds a string.
+            Some(&tag::STR) => self.slots().get(i).map(|s| unsafe { &*s.text }),
+            _ => None,
+        }
+    }
+
+    /// The values in schema order, borrowed.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = ValueRef<'_>> {
+        self.tags()
+            .iter()
+            .zip(self.slots())
+            .map(|(t, s)| read(*t, s))
+    }
+
+    /// The values in schema order, owned (for cold paths: one allocation).
+    pub fn to_values(&self) -> Vec<Value> {
+        self.tags()
+            .iter()
+            .zip(self.slots())
+            .map(|(t, s)| own(*t, s))
+            .collect()
     }
 
     /// The event's address: equal for handles sharing one event.
@@ -331,9 +541,9 @@ impl Event {
         self.0.as_ptr().cast_const().cast()
     }
 
-    /// Bytes of the event's allocation (header and values; not the strings).
+    /// Bytes of the event's allocation (header, tags and values; not the strings).
     pub fn heap_bytes(&self) -> usize {
-        Event::layout(self.fields().len()).size()
+        Event::layout(self.len()).size()
     }
 }
 
@@ -355,14 +565,12 @@ impl Drop for Event {
         }
         // Every other handle's use of the block happens before it is freed.
         std::sync::atomic::fence(Ordering::Acquire);
-        let len = usize::from(self.head().len);
-        // SAFETY: the last handle: the values are dropped once and the block freed with the
+        let len = self.len();
+        // SAFETY: the last handle.
+        unsafe { self.parts() }.0.clear();
+        // SAFETY: the last handle, its strings dropped above: the block is freed with the
         // layout it was allocated with.
-        unsafe {
-            let values = self.0.as_ptr().add(1).cast::<Value>();
-            std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(values, len));
-            std::alloc::dealloc(self.0.as_ptr().cast(), Event::layout(len));
-        }
+        unsafe { std::alloc::dealloc(self.0.as_ptr().cast(), Event::layout(len)) }
     }
 }
 
@@ -371,7 +579,7 @@ impl PartialEq for Event {
         self.0 == o.0
             || (self.stream() == o.stream()
                 && self.time() == o.time()
-                && self.fields() == o.fields())
+                && self.values().eq(o.values()))
     }
 }
 
@@ -380,8 +588,17 @@ impl std::fmt::Debug for Event {
         f.debug_struct("Event")
             .field("stream", &self.stream())
             .field("time", &self.time())
-            .field("fields", &self.fields())
+            .field("fields", &self.values().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+/// An event's values, serialized as the sequence of [`Value`]s they were.
+struct Values<'a>(&'a Event);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
     }
 }
 
@@ -392,7 +609,7 @@ impl std::fmt::Debug for Event {
 struct EventOut<'a> {
     stream: u32,
     time: Nanos,
-    fields: &'a [Value],
+    fields: Values<'a>,
 }
 
 #[derive(serde::Deserialize)]
@@ -408,7 +625,7 @@ impl Serialize for Event {
         EventOut {
             stream: self.stream(),
             time: self.time(),
-            fields: self.fields(),
+            fields: Values(self),
         }
         .serialize(s)
     }
@@ -438,7 +655,7 @@ mod tests {
     fn a_recycled_event_is_rebuilt_in_its_block_only_when_nothing_else_holds_it() {
         let build = |stream, x: i64| {
             Event::build(stream, 2, |v| {
-                v[1] = Value::Int(x);
+                v.set(1, Value::Int(x));
                 Ok::<_, ()>(x)
             })
             .unwrap()
@@ -449,40 +666,46 @@ mod tests {
         // Same length: the same block, with the new stream, time and values (the field the
         // fill left alone is null again, not the old one).
         let second = Event::build(3, 2, |v| {
-            assert!(v.iter().all(Value::is_null), "stale values: {v:?}");
-            v[0] = Value::Str("k".into());
+            assert!(
+                (0..v.len()).all(|i| v.get(i) == Some(ValueRef::Null)),
+                "stale values"
+            );
+            v.set(0, Value::Str("k".into()));
             Ok::<_, ()>(20)
         })
         .unwrap();
         assert_eq!(second.address(), block);
         assert_eq!(
-            (second.stream(), second.time(), second.fields()),
-            (3, 20, &[Value::Str("k".into()), Value::Null][..])
+            (second.stream(), second.time(), second.to_values()),
+            (3, 20, vec![Value::Str("k".into()), Value::Null])
         );
         // Shared: not recycled, and the holder's event is untouched.
         let held = second.clone();
         second.recycle();
         let third = build(1, 30);
         assert_ne!(third.address(), block);
-        assert_eq!(held.fields()[0], Value::Str("k".into()));
+        assert_eq!(held.value(0), Value::Str("k".into()));
         // Another length: a new block; the spare is dropped, not reused wrongly.
         third.recycle();
         let longer = Event::build(1, 3, |_| Ok::<_, ()>(40)).unwrap();
         assert_eq!(
-            longer.fields(),
-            &[Value::Null, Value::Null, Value::Null][..]
+            longer.to_values(),
+            vec![Value::Null, Value::Null, Value::Null]
         );
         // A fill that gives up leaves nothing half-built behind for the next one.
         longer.recycle();
         assert!(
             Event::build(1, 3, |v| {
-                v[0] = Value::Int(1);
+                v.set(0, Value::Int(1));
                 Err::<Nanos, _>(())
             })
             .is_err()
         );
         let next = Event::build(1, 3, |v| {
-            assert!(v.iter().all(Value::is_null), "stale values: {v:?}");
+            assert!(
+                (0..v.len()).all(|i| v.get(i) == Some(ValueRef::Null)),
+                "stale values"
+            );
             Ok::<_, ()>(50)
         })
         .unwrap();
@@ -492,29 +715,29 @@ mod tests {
     #[test]
     fn an_event_is_built_in_place_and_edited_only_while_unshared() {
         let mut e = Event::build(2, 3, |v| {
-            v[0] = Value::Str("cam-1".into());
-            v[2] = Value::Timestamp(7);
+            v.set(0, Value::Str("cam-1".into()));
+            v.set(2, Value::Timestamp(7));
             Ok::<_, ()>(7)
         })
         .unwrap();
         assert_eq!((e.stream(), e.time()), (2, 7));
-        assert_eq!(e.fields()[1], Value::Null);
+        assert_eq!(e.value(1), Value::Null);
         assert_eq!(
             Event::build(2, 3, |_| Err::<Nanos, _>("no time")),
             Err("no time")
         );
 
-        assert_eq!(e.unique_fields(|v| v[1] = Value::Int(1)), Some(()));
+        assert_eq!(e.unique_fields(|v| v.set(1, Value::Int(1))), Some(()));
         let shared = e.clone();
         assert_eq!(e.address(), shared.address());
-        assert_eq!(e.unique_fields(|v| v[1] = Value::Int(2)), None);
-        assert_eq!(shared.fields()[1], Value::Int(1));
+        assert_eq!(e.unique_fields(|v| v.set(1, Value::Int(2))), None);
+        assert_eq!(shared.value(1), Value::Int(1));
 
         // Moving a shared event to another stream copies it, leaving the other handle alone.
         e.set_stream(5);
         assert_eq!((e.stream(), shared.stream()), (5, 2));
         assert_ne!(e.address(), shared.address());
-        assert_eq!(e.fields(), shared.fields());
+        assert_eq!(e.to_values(), shared.to_values());
         let before = e.address();
         e.set_stream(6);
         assert_eq!((e.stream(), e.address()), (6, before));
@@ -537,7 +760,7 @@ mod tests {
                             held.clear();
                         }
                     }
-                    assert_eq!(mine.fields()[1], Value::Int(4));
+                    assert_eq!(mine.value(1), Value::Int(4));
                 });
             }
         });
@@ -562,7 +785,7 @@ mod tests {
     fn stored_events_beyond_16_bit_streams_or_lengths_are_refused() {
         let json = |stream: u64, n: usize| serde_json::json!({"stream": stream, "time": 1, "fields": vec!["Null"; n]});
         let widest = serde_json::from_value::<Event>(json(65_535, 65_535)).unwrap();
-        assert_eq!((widest.stream(), widest.fields().len()), (65_535, 65_535));
+        assert_eq!((widest.stream(), widest.len()), (65_535, 65_535));
         assert!(serde_json::from_value::<Event>(json(65_536, 1)).is_err());
         assert!(serde_json::from_value::<Event>(json(1, 65_536)).is_err());
     }
@@ -579,6 +802,51 @@ mod tests {
         assert_eq!(back, e);
         let bytes = postcard::to_allocvec(&e).unwrap();
         assert_eq!(postcard::from_bytes::<Event>(&bytes).unwrap(), e);
-        assert_eq!(e.heap_bytes(), 16 + 2 * 16);
+        // The header, a tag byte per value (rounded up to 8), 8 bytes per value.
+        assert_eq!(e.heap_bytes(), 16 + 8 + 2 * 8);
+    }
+
+    #[test]
+    fn values_of_every_kind_read_back_as_written_and_serialize_as_values() {
+        let text = ArcStr::from(String::from("shared text"));
+        let all = vec![
+            Value::Null,
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Int(-7),
+            Value::Float(-0.5),
+            Value::Float(f64::MAX),
+            Value::Str(text.clone()),
+            Value::Timestamp(-1),
+            Value::Duration(i64::MAX),
+        ];
+        let mut e = Event::new(2, 5, all.clone());
+        assert_eq!(e.to_values(), all);
+        assert_eq!(e.values().map(ValueRef::to_value).collect::<Vec<_>>(), all);
+        assert_eq!(e.heap_bytes(), 16 + 16 + 9 * 8);
+        // Read owned, a string is shared, not copied; borrowed, it is the same text.
+        assert!(e.str_at(6).is_some_and(|s| ArcStr::ptr_eq(s, &text)));
+        assert!(matches!(e.value(6), Value::Str(s) if ArcStr::ptr_eq(&s, &text)));
+        assert_eq!(e.get(6), Some(ValueRef::Str("shared text")));
+        assert_eq!(
+            (e.get(9), e.value(9), e.str_at(5)),
+            (None, Value::Null, None)
+        );
+        // The same JSON and postcard bytes as the values themselves.
+        assert_eq!(
+            serde_json::to_value(&e).unwrap()["fields"],
+            serde_json::to_value(&all).unwrap()
+        );
+        let back: Event = postcard::from_bytes(&postcard::to_allocvec(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        // Overwriting or dropping a string lets go of it.
+        drop(all);
+        assert_eq!(ArcStr::strong_count(&text), Some(2));
+        e.unique_fields(|v| v.set(6, Value::Int(1)));
+        assert_eq!(ArcStr::strong_count(&text), Some(1));
+        e.unique_fields(|v| v.set(0, Value::Str(text.clone())));
+        assert_eq!(ArcStr::strong_count(&text), Some(2));
+        drop(e);
+        assert_eq!(ArcStr::strong_count(&text), Some(1));
     }
 }

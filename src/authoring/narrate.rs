@@ -141,10 +141,10 @@ impl Narrator {
                 let schema = program.stream(crate::compile::hir::StreamId(event.stream()));
                 let mut fields = Map::new();
                 let mut shown = Vec::new();
-                for (i, (f, v)) in schema.fields.iter().zip(event.fields().iter()).enumerate() {
-                    fields.insert(f.name.clone(), to_json(v));
+                for (i, (f, v)) in schema.fields.iter().zip(event.to_values()).enumerate() {
+                    fields.insert(f.name.clone(), to_json(&v));
                     if i != schema.time_field {
-                        shown.push(format!("{}={}", f.name, to_json(v)));
+                        shown.push(format!("{}={}", f.name, to_json(&v)));
                     }
                 }
                 let mut m = Map::new();

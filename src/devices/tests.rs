@@ -105,7 +105,7 @@ fn decodes_a_good_payload_in_schema_order() {
     let t = 1_709_280_000 * S;
     assert_eq!(e.time(), t);
     assert_eq!(
-        e.fields(),
+        e.to_values(),
         &[
             Value::Str("north".into()),
             Value::Str("cam-1".into()),
@@ -126,8 +126,8 @@ fn optional_fields_missing_or_null_are_null() {
         r#"{"ts": "2024-03-01T08:00:00Z", "avg": {"speed": 31.5}, "cars": 4, "lane": null}"#,
     )
     .unwrap();
-    assert_eq!(e.fields()[5], Value::Null);
-    assert_eq!(e.fields()[6], Value::Null);
+    assert_eq!(e.to_values()[5], Value::Null);
+    assert_eq!(e.to_values()[6], Value::Null);
 }
 
 #[test]
@@ -277,8 +277,8 @@ fn duration_fields() {
             false,
         )
         .unwrap();
-    assert_eq!(e.fields()[1], Value::Duration(5400 * S));
-    assert_eq!(e.fields()[2], Value::Duration(S / 4));
+    assert_eq!(e.to_values()[1], Value::Duration(5400 * S));
+    assert_eq!(e.to_values()[2], Value::Duration(S / 4));
 }
 
 #[test]
@@ -305,8 +305,8 @@ ts = "timestamp"
             false,
         )
         .unwrap();
-    assert_eq!(e.fields()[1], Value::Str("x/y".into()));
-    assert_eq!(e.fields()[2], Value::Int(7));
+    assert_eq!(e.to_values()[1], Value::Str("x/y".into()));
+    assert_eq!(e.to_values()[2], Value::Int(7));
     let e = p
         .decode(
             "site/a/unit/seven/x",
@@ -344,7 +344,7 @@ fn inline_script_decodes() {
             false,
         )
         .unwrap();
-    assert_eq!(&e.fields()[2..], &[Value::Int(6), Value::Int(3)]);
+    assert_eq!(&e.to_values()[2..], &[Value::Int(6), Value::Int(3)]);
     let e = p
         .decode(
             "dev/abc",

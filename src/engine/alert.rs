@@ -141,8 +141,8 @@ pub fn build(
             .filter(|e| e.var.0 as usize == vi)
             .map(|e| {
                 let mut obj = Map::new();
-                for (f, v) in schema.fields.iter().zip(e.event.fields().iter()) {
-                    obj.insert(f.name.clone(), to_json(v));
+                for (f, v) in schema.fields.iter().zip(e.event.to_values()) {
+                    obj.insert(f.name.clone(), to_json(&v));
                 }
                 Json::Object(obj)
             })
@@ -155,8 +155,8 @@ pub fn build(
         hasher.u64(u64::from(e.seq));
         hasher.u64(e.event.time() as u64);
         hasher.u64(u64::from(e.var.0));
-        for v in e.event.fields().iter() {
-            hasher.str(&to_json(v).to_string());
+        for v in e.event.to_values() {
+            hasher.str(&to_json(&v).to_string());
         }
     }
     if chain.is_empty() {

@@ -4,12 +4,10 @@
 //! walks the run's shared buffer chain for earlier steps; nothing is looked up by name and
 //! nothing is allocated except for string results.
 
-use std::borrow::Cow;
-
 use chrono::{Datelike, Timelike};
 
 use crate::compile::hir::{AggFunc, Builtin, TExpr, TExprKind, VarId};
-use crate::event::{Event, Value};
+use crate::event::{Event, Value, ValueRef};
 use crate::lang::ast::BinaryOp;
 
 use super::buffer::{Buffer, NIL};
@@ -39,7 +37,13 @@ pub fn test(e: &TExpr, ctx: &Ctx<'_>) -> bool {
 pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
     match &e.kind {
         TExprKind::Const(v) => v.clone(),
-        TExprKind::Field(_) | TExprKind::VarField { .. } => operand(e, ctx).into_owned(),
+        // Owned from the event: a string is shared, not copied.
+        TExprKind::Field(i) => ctx
+            .candidate
+            .map_or(Value::Null, |ev| ev.value(*i as usize)),
+        TExprKind::VarField { var, field } => {
+            var_event(*var, ctx).map_or(Value::Null, |ev| ev.value(*field as usize))
+        }
         TExprKind::VarAgg {
             func,
             var,
@@ -94,28 +98,46 @@ pub fn eval(e: &TExpr, ctx: &Ctx<'_>) -> Value {
     }
 }
 
-/// An operand, borrowed where it already exists (a field of the candidate or of a matched
-/// event, a constant, the key): comparisons, most of what conditions do, then copy nothing.
-fn operand<'a>(e: &'a TExpr, ctx: &Ctx<'a>) -> Cow<'a, Value> {
-    let found = match &e.kind {
-        TExprKind::Const(v) => Some(v),
-        TExprKind::Key => Some(ctx.key),
-        TExprKind::Field(i) => ctx.candidate.and_then(|ev| ev.fields().get(*i as usize)),
-        TExprKind::VarField { var, field } => var_field(*var, *field, ctx),
-        _ => return Cow::Owned(eval(e, ctx)),
-    };
-    found.map_or(Cow::Owned(Value::Null), Cow::Borrowed)
+/// An operand of a comparison.
+enum Operand<'a> {
+    /// Borrowed where it already exists: a field of the candidate or of a matched event, a
+    /// constant, the key. Comparisons, most of what conditions do, then copy nothing.
+    Borrowed(ValueRef<'a>),
+    /// Computed.
+    Owned(Value),
 }
 
-/// A field of the event a single-event step matched, found from the run's last entry.
-fn var_field<'a>(var: VarId, field: u16, ctx: &Ctx<'a>) -> Option<&'a Value> {
+impl Operand<'_> {
+    fn get(&self) -> ValueRef<'_> {
+        match self {
+            Operand::Borrowed(v) => *v,
+            Operand::Owned(v) => v.borrowed(),
+        }
+    }
+}
+
+fn operand<'a>(e: &'a TExpr, ctx: &Ctx<'a>) -> Operand<'a> {
+    let found = match &e.kind {
+        TExprKind::Const(v) => Some(v.borrowed()),
+        TExprKind::Key => Some(ctx.key.borrowed()),
+        TExprKind::Field(i) => ctx.candidate.and_then(|ev| ev.get(*i as usize)),
+        TExprKind::VarField { var, field } => {
+            var_event(*var, ctx).and_then(|ev| ev.get(*field as usize))
+        }
+        _ => return Operand::Owned(eval(e, ctx)),
+    };
+    Operand::Borrowed(found.unwrap_or(ValueRef::Null))
+}
+
+/// The event a single-event step matched, found from the run's last entry.
+fn var_event<'a>(var: VarId, ctx: &Ctx<'a>) -> Option<&'a Event> {
     // VarField reads single-event steps only, so loop entries can be jumped over.
     let buffer: &'a Buffer = ctx.buffer;
     let mut cur = ctx.tail;
     while cur != NIL {
         let entry = buffer.entry(cur);
         if !entry.in_loop && entry.var == var {
-            return entry.event.fields().get(field as usize);
+            return Some(&entry.event);
         }
         cur = entry.anchor;
     }
@@ -151,7 +173,7 @@ fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
         Eq | Ne | Lt | Le | Gt | Ge => {
             let l = operand(lhs, ctx);
             let r = operand(rhs, ctx);
-            match compare(&l, &r) {
+            match compare_ref(l.get(), r.get()) {
                 None => Value::Bool(false),
                 Some(ord) => Value::Bool(match op {
                     Eq => ord.is_eq(),
@@ -170,17 +192,20 @@ fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
 /// Orders two values of comparable types; `None` when either is null or they don't compare.
 #[inline]
 pub fn compare(l: &Value, r: &Value) -> Option<std::cmp::Ordering> {
+    compare_ref(l.borrowed(), r.borrowed())
+}
+
+/// [`compare`], on borrowed values.
+#[inline]
+pub fn compare_ref(l: ValueRef<'_>, r: ValueRef<'_>) -> Option<std::cmp::Ordering> {
+    use ValueRef as V;
     match (l, r) {
-        (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
-        (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
-        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
-            l.as_f64()?.partial_cmp(&r.as_f64()?)
-        }
-        (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
-        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
-        (Value::Timestamp(a), Value::Timestamp(b)) | (Value::Duration(a), Value::Duration(b)) => {
-            Some(a.cmp(b))
-        }
+        (V::Float(a), V::Float(b)) => a.partial_cmp(&b),
+        (V::Int(a), V::Int(b)) => Some(a.cmp(&b)),
+        (V::Int(_) | V::Float(_), V::Int(_) | V::Float(_)) => l.as_f64()?.partial_cmp(&r.as_f64()?),
+        (V::Str(a), V::Str(b)) => Some(a.cmp(b)),
+        (V::Bool(a), V::Bool(b)) => Some(a.cmp(&b)),
+        (V::Timestamp(a), V::Timestamp(b)) | (V::Duration(a), V::Duration(b)) => Some(a.cmp(&b)),
         _ => None,
     }
 }
@@ -260,7 +285,7 @@ fn aggregate(func: AggFunc, var: VarId, field: Option<u16>, nth: u32, ctx: &Ctx<
         var,
     }
     .map(|ev| match field {
-        Some(f) => ev.fields().get(f as usize).cloned().unwrap_or(Value::Null),
+        Some(f) => ev.value(f as usize),
         None => Value::Bool(true),
     });
     match func {

@@ -71,15 +71,7 @@ pub enum KeyVal {
 impl KeyVal {
     /// The key of `event` given the indices of its key fields.
     pub fn of(event: &Event, fields: &[u16]) -> KeyVal {
-        let get = |i: &u16| {
-            HashValue(
-                event
-                    .fields()
-                    .get(*i as usize)
-                    .cloned()
-                    .unwrap_or(Value::Null),
-            )
-        };
+        let get = |i: &u16| HashValue(event.value(*i as usize));
         match fields {
             [] => KeyVal::Global,
             [one] => KeyVal::One(get(one)),

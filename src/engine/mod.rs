@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::compile::hir::{Program, StreamId};
 use crate::compile::nfa::{self, CompileError, Nfa};
-use crate::event::{Event, Nanos, Value};
+use crate::event::{Event, Fields, Nanos, Value};
 
 use alert::Alert;
 use key::KeyVal;
@@ -160,13 +160,14 @@ impl Reorder {
 /// its own: it costs less, and freeing it later touches only the key's string, which the
 /// key's lookup has just read, instead of a cold one.
 fn adopt_key(event: &mut Event, key: &KeyVal, fields: &[u16]) {
-    let adopt = |values: &mut [Value], field: u16, value: &Value| {
-        // The strings are equal: `key` is the map's key equal to this event's.
-        if let (Some(Value::Str(mine)), Value::Str(stored)) =
-            (values.get_mut(field as usize), value)
-            && !arcstr::ArcStr::ptr_eq(mine, stored)
+    let adopt = |values: &mut Fields<'_>, field: u16, value: &Value| {
+        // The strings are equal: `key` is the table's key equal to this event's.
+        if let Value::Str(stored) = value
+            && values
+                .str_at(field as usize)
+                .is_some_and(|mine| !arcstr::ArcStr::ptr_eq(mine, stored))
         {
-            *mine = stored.clone();
+            values.set(field as usize, Value::Str(stored.clone()));
         }
     };
     match key {
@@ -935,7 +936,7 @@ impl Engine {
                 let id = StreamId(event.stream());
                 let v = encode(&persist::BufferedRecord {
                     schema: self.schema_fp.get(id.0 as usize).copied().unwrap_or(0),
-                    fields: event.fields().into(),
+                    fields: event.to_values().into(),
                 })?;
                 w.put(
                     persist::GROUPS,
@@ -1382,7 +1383,7 @@ mod tests {
         };
         let kept = &state.buffer.entry(run.tail).event;
         assert_eq!(kept.time(), 3_000, "the newest reading is the one kept");
-        let Value::Str(held) = &kept.fields()[0] else {
+        let Some(held) = kept.str_at(0) else {
             panic!("{kept:?}")
         };
         assert!(arcstr::ArcStr::ptr_eq(held, stored));

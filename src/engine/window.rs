@@ -185,13 +185,7 @@ impl AggRuntime {
                 .def
                 .key
                 .iter()
-                .map(|i| {
-                    event
-                        .fields()
-                        .get(*i as usize)
-                        .cloned()
-                        .unwrap_or(Value::Null)
-                })
+                .map(|i| event.value(*i as usize))
                 .collect(),
             open: BTreeMap::new(),
         });

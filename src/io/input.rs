@@ -9,7 +9,7 @@ use crate::compile::expr::ty_of;
 use crate::compile::hir::{Program, StreamId, Ty};
 use crate::compile::schema::StreamSchema;
 use crate::devices::Profile;
-use crate::event::{Event, Nanos, Value};
+use crate::event::{Event, Nanos, Value, ValueRef};
 
 /// One parsed input line.
 #[derive(Debug)]
@@ -215,8 +215,8 @@ pub fn event_from_json<'j>(
     get: &dyn Fn(&str) -> Option<&'j Json>,
 ) -> Result<Event, BadLine> {
     Event::build(stream.0, schema.fields.len(), |fields| {
-        for (f, slot) in schema.fields.iter().zip(fields.iter_mut()) {
-            *slot = match get(&f.name) {
+        for (i, f) in schema.fields.iter().enumerate() {
+            let v = match get(&f.name) {
                 None | Some(Json::Null) => {
                     if f.ty.nullable {
                         Value::Null
@@ -226,9 +226,10 @@ pub fn event_from_json<'j>(
                 }
                 Some(j) => convert(&f.name, ty_of(f.ty.base), j)?,
             };
+            fields.set(i, v);
         }
         match fields.get(schema.time_field) {
-            Some(Value::Timestamp(t)) => Ok(*t),
+            Some(ValueRef::Timestamp(t)) => Ok(t),
             _ => {
                 let name = schema
                     .fields
@@ -420,7 +421,7 @@ pub(crate) mod fast {
     use crate::compile::expr::ty_of;
     use crate::compile::hir::{StreamId, Ty};
     use crate::compile::schema::StreamSchema;
-    use crate::event::{Event, Nanos, Value, ValueRef};
+    use crate::event::{Event, Fields, Nanos, ValueRef};
 
     /// A line's bytes: the grammar allows bytes past ASCII only inside strings, so only a
     /// string's text is checked for UTF-8, not the whole line.
@@ -615,11 +616,7 @@ pub(crate) mod fast {
                 schema,
                 line,
                 u64::MAX,
-                |i, v| {
-                    if let Some(slot) = values.get_mut(i) {
-                        *slot = v.to_value();
-                    }
-                },
+                |i, v| values.set(i, v.to_value()),
                 |_, _, _| {},
             )
             .ok_or(())?;
@@ -630,9 +627,9 @@ pub(crate) mod fast {
 
     /// The event time among `values`: the schema's time field, which a scan has made a
     /// timestamp unless the line had none.
-    fn time_of(schema: &StreamSchema, values: &[Value]) -> Result<Nanos, ()> {
+    fn time_of(schema: &StreamSchema, values: &Fields<'_>) -> Result<Nanos, ()> {
         match values.get(schema.time_field) {
-            Some(Value::Timestamp(t)) => Ok(*t),
+            Some(ValueRef::Timestamp(t)) => Ok(t),
             _ => Err(()),
         }
     }
@@ -711,7 +708,7 @@ pub(crate) mod fast {
         spans: &[u32],
     ) -> Option<Event> {
         Event::build(stream.0, schema.fields.len(), |values| {
-            for (i, (slot, f)) in values.iter_mut().zip(&schema.fields).enumerate() {
+            for (i, f) in schema.fields.iter().enumerate() {
                 let (a, b) = match spans.get(2 * i..2 * i + 2) {
                     Some(&[a, b]) => (a as usize, b as usize),
                     _ => return Err(()),
@@ -724,7 +721,7 @@ pub(crate) mod fast {
                     b: line.get(a..b).ok_or(())?,
                     i: 0,
                 };
-                *slot = value(&mut s, ty_of(f.ty.base)).ok_or(())?.to_value();
+                values.set(i, value(&mut s, ty_of(f.ty.base)).ok_or(())?.to_value());
             }
             time_of(schema, values)
         })
@@ -1139,10 +1136,7 @@ mod tests {
             match fast::decode(schema, stream, line.as_bytes()) {
                 Some(ev) => {
                     assert_eq!(time, Some(ev.time()), "{line}");
-                    let want: Vec<Value> = key
-                        .iter()
-                        .map(|k| ev.fields()[*k as usize].clone())
-                        .collect();
+                    let want: Vec<Value> = key.iter().map(|k| ev.value(*k as usize)).collect();
                     assert_eq!(got, want, "{line}");
                     // The event built from the spans, without a second scan, is the same.
                     assert_eq!(spans.len(), before + 2 * schema.fields.len(), "{line}");
@@ -1182,7 +1176,7 @@ mod tests {
                 let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
                 if let Some(ev) = fast::decode(schema, stream, line.as_bytes()) {
                     let want = general(&program, &line).unwrap();
-                    match (&ev.fields()[2], &want.fields()[2]) {
+                    match (&ev.value(2), &want.value(2)) {
                         (Value::Float(a), Value::Float(b)) => {
                             assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                         }
@@ -1208,8 +1202,8 @@ mod tests {
                     Some(got) => {
                         let want = want.unwrap();
                         assert_eq!(got.time(), want.time(), "{line}");
-                        assert_eq!(got.fields()[3], want.fields()[3], "{line}");
-                        match (&got.fields()[2], &want.fields()[2]) {
+                        assert_eq!(got.value(3), want.value(3), "{line}");
+                        match (&got.value(2), &want.value(2)) {
                             (Value::Float(a), Value::Float(b)) => {
                                 assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                             }
@@ -1233,8 +1227,8 @@ mod tests {
             let text = format!("{sign}{int}.{frac}");
             let line = format!(r#"{{"id":"a","ts":1,"x":{text}}}"#);
             let want = general(&program, &line).unwrap();
-            let got = fast::decode(schema, stream, line.as_bytes()).map(|e| e.fields()[2].clone());
-            match (&got, &want.fields()[2]) {
+            let got = fast::decode(schema, stream, line.as_bytes()).map(|e| e.value(2));
+            match (&got, &want.value(2)) {
                 (Some(Value::Float(a)), Value::Float(b)) => {
                     assert_eq!(a.to_bits(), b.to_bits(), "{line}")
                 }

@@ -28,7 +28,7 @@ use crate::compile::hir::{Program, StreamId};
 use crate::compile::schema::StreamSchema;
 use crate::engine::alert::Alert;
 use crate::engine::{Engine, Late, Stats};
-use crate::event::{Event, Nanos, Value, ValueRef};
+use crate::event::{Event, Nanos, ValueRef};
 use crate::io::input::fast;
 
 /// Input records per epoch: one message per worker per epoch, so channels cost nothing per
@@ -99,10 +99,7 @@ impl Router {
             Some(Some(fields)) => {
                 let mut h = self.hasher.build_hasher();
                 for f in fields {
-                    let v = event
-                        .fields()
-                        .get(*f as usize)
-                        .map_or(ValueRef::Null, Value::borrowed);
+                    let v = event.get(*f as usize).unwrap_or(ValueRef::Null);
                     v.hash_into(&mut h);
                 }
                 self.pick(h.finish())
