@@ -172,11 +172,10 @@ impl Buffer {
 
     /// The time of the event at `idx`, or `otherwise` for `NIL`.
     pub fn time_of(&self, idx: u32, otherwise: Nanos) -> Nanos {
-        if idx == NIL {
-            otherwise
-        } else {
-            self.entries[idx as usize].event.time()
-        }
+        // `get`: a run read back from the store is not trusted to point into the buffer.
+        self.entries
+            .get(idx as usize)
+            .map_or(otherwise, |e| e.event.time())
     }
 
     /// The entry at `idx`.

@@ -15,7 +15,7 @@ use super::inline::Inline;
 use super::trace::{Reason, Trace, What};
 
 /// A key's sequence number of an event. 32 bits, so that a key holding one partial match
-/// stays in 128 bytes with its key inside; a key that lives long enough to near the end is
+/// stays in mimalloc's 112-byte class with its key inside; a key that lives long enough to near the end is
 /// renumbered ([`KeyState::renumber`]): only the order of sequence numbers matters.
 pub type Seq = u32;
 
