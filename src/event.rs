@@ -849,4 +849,70 @@ mod tests {
         drop(e);
         assert_eq!(ArcStr::strong_count(&text), Some(1));
     }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            "[a-z]{0,12}".prop_map(|s| Value::Str(ArcStr::from(s))),
+            any::<i64>().prop_map(Value::Timestamp),
+            any::<i64>().prop_map(Value::Duration),
+        ]
+    }
+
+    proptest::proptest! {
+        /// An event reads back what was written, through every way in and out, against a
+        /// plain vector of values: built, overwritten in place, recycled, shared and copied.
+        #[test]
+        fn an_event_holds_what_a_vector_of_values_would(
+            first in proptest::collection::vec(any_value(), 0..12),
+            edits in proptest::collection::vec((0usize..12, any_value()), 0..24),
+        ) {
+            use proptest::prop_assert_eq;
+            let same = |e: &Event, model: &[Value]| {
+                // Floats by their bits: NaN is a value like any other here.
+                let bits = |v: &[Value]| format!("{:?}", v.iter().map(|v| match v {
+                    Value::Float(f) => format!("f{}", f.to_bits()),
+                    other => format!("{other:?}"),
+                }).collect::<Vec<_>>());
+                bits(&e.to_values()) == bits(model)
+                    && e.len() == model.len()
+                    && e.values().len() == model.len()
+            };
+            let mut model = first.clone();
+            let mut e = Event::build(1, first.len(), |v| {
+                for (i, x) in first.iter().enumerate() {
+                    v.set(i, x.clone());
+                }
+                Ok::<_, ()>(9)
+            }).unwrap();
+            prop_assert_eq!(e.time(), 9);
+            proptest::prop_assert!(same(&e, &model));
+            for (i, v) in edits {
+                e.unique_fields(|f| f.set(i, v.clone()));
+                if let Some(slot) = model.get_mut(i) {
+                    *slot = v;
+                }
+                proptest::prop_assert!(same(&e, &model));
+            }
+            let shared = e.clone();
+            let mut moved = e.clone();
+            moved.set_stream(3);
+            prop_assert_eq!((moved.stream(), shared.stream()), (3, 1));
+            proptest::prop_assert!(same(&moved, &model) && same(&shared, &model));
+            let back: Event = postcard::from_bytes(&postcard::to_allocvec(&e).unwrap()).unwrap();
+            proptest::prop_assert!(same(&back, &model));
+            drop((e, shared));
+            moved.recycle();
+            // The recycled block is reused only for as many values, and comes back null.
+            let again = Event::build(2, model.len(), |v| {
+                prop_assert_eq!((0..v.len()).filter(|i| v.get(*i) != Some(ValueRef::Null)).count(), 0);
+                Ok(1)
+            }).unwrap();
+            proptest::prop_assert!(same(&again, &vec![Value::Null; model.len()]));
+        }
+    }
 }
