@@ -65,9 +65,34 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+unsafe extern "C" {
+    /// mimalloc's block size for a request of `size` bytes (`mi_good_size`, in the C library
+    /// linked in; the Rust bindings declare it only with a feature that pulls in another crate).
+    safe fn mi_good_size(size: usize) -> usize;
+}
+
+/// The bytes mimalloc gives a request of `size`: its size class. Small blocks come in steps of
+/// 16 bytes (a 56-byte request takes 64), then four classes per power of two; memory figures
+/// count these, not what was asked for.
+pub fn block_size(size: usize) -> usize {
+    mi_good_size(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_sizes_are_mimallocs_classes() {
+        let classes: Vec<usize> = [8, 16, 17, 25, 32, 56, 64, 80, 96, 112, 113, 128, 129]
+            .into_iter()
+            .map(block_size)
+            .collect();
+        assert_eq!(
+            classes,
+            [8, 16, 32, 32, 32, 64, 64, 80, 96, 112, 128, 128, 160]
+        );
+    }
 
     #[test]
     fn blocks_have_the_alignment_asked_for_and_keep_their_contents() {

@@ -208,10 +208,12 @@ impl Buffer {
     /// Heap bytes held beyond the inline entry (approximate: entries, the free list and the
     /// held matches, not the shared events).
     pub fn heap_bytes(&self) -> usize {
+        use crate::alloc::block_size;
+        let vec = |bytes: usize| if bytes == 0 { 0 } else { block_size(bytes) };
         let side = self.side.as_ref().map_or(0, |s| {
-            std::mem::size_of::<Side>()
-                + s.free.capacity() * std::mem::size_of::<u32>()
-                + s.held.capacity() * std::mem::size_of::<Found>()
+            block_size(std::mem::size_of::<Side>())
+                + vec(s.free.capacity() * std::mem::size_of::<u32>())
+                + vec(s.held.capacity() * std::mem::size_of::<Found>())
         });
         self.entries.heap_bytes() + side
     }

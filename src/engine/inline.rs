@@ -151,7 +151,7 @@ impl<T> Inline<T> {
     /// Heap bytes: none until spilled.
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {
-            Repr::Many(v) => v.capacity() * std::mem::size_of::<T>(),
+            Repr::Many(v) => crate::alloc::block_size(v.capacity() * std::mem::size_of::<T>()),
             _ => 0,
         }
     }

@@ -121,7 +121,8 @@ impl KeyVal {
     pub fn heap_bytes(&self) -> usize {
         fn one(v: &HashValue) -> usize {
             match &v.0 {
-                Value::Str(s) => s.len() + 16,
+                // The string's block: two counters and the bytes.
+                Value::Str(s) => crate::alloc::block_size(s.len() + 16),
                 _ => 0,
             }
         }

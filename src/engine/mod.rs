@@ -612,11 +612,13 @@ impl Group {
     }
 
     /// Approximate bytes of per-key state held, over all rules (keys, runs, buffers, timers;
-    /// the events themselves are shared and counted once per key).
+    /// the events themselves are shared and counted once per key). Each block counts as the
+    /// allocator's size class for it, which is what it takes.
     pub fn state_bytes(&self) -> usize {
         let mut total = 0;
         for r in &self.rules {
-            total += r.keys.bytes() + r.keys.len() * std::mem::size_of::<Slot>();
+            total += r.keys.bytes()
+                + r.keys.len() * crate::alloc::block_size(std::mem::size_of::<Slot>());
             total += r.timers.heap_bytes();
             for slot in r.keys.iter() {
                 total += slot.key.heap_bytes() + slot.state.heap_bytes();
