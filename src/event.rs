@@ -85,11 +85,6 @@ pub enum ValueRef<'a> {
 }
 
 impl ValueRef<'_> {
-    /// True for `Null`.
-    pub fn is_null(self) -> bool {
-        matches!(self, ValueRef::Null)
-    }
-
     /// The value as a float, for numbers.
     pub fn as_f64(self) -> Option<f64> {
         match self {
@@ -227,12 +222,17 @@ fn read(tag: u8, slot: &Slot) -> ValueRef<'_> {
     }
 }
 
+/// The string a tag and a slot hold, if they hold one.
+fn text(tag: u8, slot: &Slot) -> Option<&ArcStr> {
+    // SAFETY: the tag says the slot holds a string.
+    (tag == tag::STR).then(|| unsafe { &*slot.text })
+}
+
 /// The value a tag and a slot hold, owned: a string is shared, not copied.
 fn own(tag: u8, slot: &Slot) -> Value {
-    match read(tag, slot) {
-        // SAFETY: the tag says the slot holds a string.
-        ValueRef::Str(_) => Value::Str(unsafe { (*slot.text).clone() }),
-        v => v.to_value(),
+    match text(tag, slot) {
+        Some(s) => Value::Str(s.clone()),
+        None => read(tag, slot).to_value(),
     }
 }
 
@@ -292,11 +292,7 @@ impl Fields<'_> {
 
     /// Value `i` if it is a string, shared.
     pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
-        match self.tags.get(i) {
-            // SAFETY: the tag says the slot holds a string.
-            Some(&tag::STR) => self.slots.get(i).map(|s| unsafe { &*s.text }),
-            _ => None,
-        }
+        text(*self.tags.get(i)?, self.slots.get(i)?)
     }
 
     /// Every value null again.
@@ -512,11 +508,7 @@ impl Event {
 
     /// Value `i` if it is a string, shared.
     pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
-        match self.tags().get(i) {
-            // SAFETY: the tag says the slot holds a string.
-            Some(&tag::STR) => self.slots().get(i).map(|s| unsafe { &*s.text }),
-            _ => None,
-        }
+        text(*self.tags().get(i)?, self.slots().get(i)?)
     }
 
     /// The values in schema order, borrowed.

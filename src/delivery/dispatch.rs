@@ -845,6 +845,16 @@ mod tests {
         )
     }
 
+    /// A store in a new directory and an outbox of `capacity` for one sink, `hook`; the
+    /// directory lives as long as the first item.
+    fn one_sink(capacity: u64) -> (tempfile::TempDir, Arc<Store>, Arc<Outbox>, Arc<[String]>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), false).unwrap());
+        let names = ["hook".to_string()];
+        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, capacity).unwrap());
+        (dir, store, outbox, names.to_vec().into())
+    }
+
     fn stored_cursor(store: &Store, name: &str) -> u64 {
         let cursors = store.cursors().unwrap();
         cursors.iter().find(|(n, _)| n == name).unwrap().1
@@ -852,11 +862,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_staged_alert_goes_out_before_its_write_but_the_stored_cursor_waits_for_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), false).unwrap());
-        let names = ["hook".to_string()];
-        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 100).unwrap());
-        let sinks: Arc<[String]> = names.to_vec().into();
+        let (_dir, store, outbox, sinks) = one_sink(100);
         let staged = outbox.stage(
             (0..3)
                 .map(|i| (alert(i, "r", Severity::Info), Arc::clone(&sinks)))
@@ -895,11 +901,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_behind_what_memory_holds_reads_the_store_then_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), false).unwrap());
-        let names = ["hook".to_string()];
-        let outbox = Arc::new(Outbox::open(Arc::clone(&store), &names, 1_000_000).unwrap());
-        let sinks: Arc<[String]> = names.to_vec().into();
+        let (_dir, _, outbox, sinks) = one_sink(1_000_000);
         let n = RECENT as u64 + 1000;
         write(
             &outbox,

@@ -56,8 +56,7 @@ impl KeyTable {
 
     /// Puts `slot` in, in place of any slot of the same key.
     pub fn insert(&mut self, slot: Box<Slot>) {
-        let key = slot.key.clone();
-        match self.entry(self.hash(&key), &key) {
+        match self.entry(self.hash(&slot.key), &slot.key) {
             Entry::Occupied(mut o) => *o.get_mut() = slot,
             Entry::Vacant(v) => {
                 v.insert(slot);
