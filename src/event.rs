@@ -7,7 +7,7 @@ use arcstr::ArcStr;
 use std::alloc::Layout;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use serde::Serialize;
 
@@ -145,13 +145,14 @@ impl ValueRef<'_> {
 
 /// An event of one stream: its time and its field values in schema order.
 ///
-/// One reference-counted block holds a 16-byte header (count, stream, length, time), a tag
-/// byte per value (its kind), then the values, 8 bytes each (a string as a pointer to its
-/// shared text). An event costs one allocation to build and one to free however many rules
-/// and keys share it, and cloning it is a count increment. The handle is one pointer wide.
-/// The count is our own, 32 bits beside 16-bit stream and length, where a generic thin `Arc`
-/// spends 32 bytes on its header, and values are 8 bytes where an enum of them takes 16:
-/// every key holding a partial match keeps an event.
+/// One reference-counted block holds a 14-byte header (time, count, stream, length), the
+/// values' kinds (four bits each: the first four fill the header's 16 bytes), then the
+/// values, 8 bytes each (a string as a pointer to its shared text). An event costs one allocation to build
+/// and one to free however many rules and keys share it, and cloning it is a count
+/// increment. The handle is one pointer wide. Every key holding a partial match keeps an
+/// event, so the block is kept small: a value's kind takes four bits, and the count 16
+/// (a clone past half of that copies the event instead), so that an event of four values
+/// is 48 bytes, where a generic thin `Arc` spends 32 on its header alone.
 pub struct Event(NonNull<Head>);
 
 // SAFETY: the values are `Send + Sync` (`ArcStr` is), the count is atomic, and a value is
@@ -165,14 +166,17 @@ thread_local! {
     static SPARE: std::cell::Cell<Option<Event>> = const { std::cell::Cell::new(None) };
 }
 
-/// The start of an event's block; the tags and values follow it.
+/// The start of an event's block; the tags go on past it, and the values follow them.
 #[repr(C)]
 struct Head {
-    count: AtomicU32,
+    time: Nanos,
+    count: AtomicU16,
     /// Streams and fields are at most [`MAX_STREAMS`] and [`MAX_FIELDS`] (the checker's E225).
     stream: u16,
     len: u16,
-    time: Nanos,
+    /// The first of the tags, two a byte (value `i` in byte `i / 2`, low half first); those
+    /// of values past the fourth go on after the header.
+    tags: [u8; 2],
 }
 
 /// The most streams a program may declare: an event stores its stream in 16 bits.
@@ -180,7 +184,7 @@ pub const MAX_STREAMS: usize = u16::MAX as usize;
 /// The most fields a stream may have: an event stores its length in 16 bits.
 pub const MAX_FIELDS: usize = u16::MAX as usize;
 
-/// A value's kind, in its tag byte.
+/// A value's kind, in its four-bit tag.
 mod tag {
     pub const NULL: u8 = 0;
     pub const BOOL: u8 = 1;
@@ -202,8 +206,27 @@ const _: () = assert!(std::mem::size_of::<Head>() == 16);
 const _: () = assert!(std::mem::size_of::<Slot>() == 8);
 const _: () = assert!(std::mem::align_of::<Slot>() <= std::mem::align_of::<Head>());
 
-/// Past this many handles a clone aborts, as `Arc` does, rather than let the count wrap.
-const MAX_COUNT: u32 = u32::MAX / 2;
+/// Past this many handles a clone copies the event rather than share it: the count is 16
+/// bits, and handles beyond a few hundred are rare (one per rule, key and window holding it).
+const MAX_SHARED: u16 = u16::MAX / 2;
+
+/// Bytes of the tags of `len` values, two a byte.
+fn tags_len(len: usize) -> usize {
+    len.div_ceil(2)
+}
+
+/// Bytes between the header and the values: the tags that do not fit in the header, rounded up
+/// to a multiple of 8 so that the values are aligned.
+fn rest_len(len: usize) -> usize {
+    tags_len(len).saturating_sub(2).next_multiple_of(8)
+}
+
+/// Tag `i` (null past the tags).
+#[inline]
+fn tag_of(tags: &[u8], i: usize) -> u8 {
+    tags.get(i / 2)
+        .map_or(tag::NULL, |b| (b >> (4 * (i & 1))) & 0xF)
+}
 
 /// The value a tag and a slot hold.
 fn read(tag: u8, slot: &Slot) -> ValueRef<'_> {
@@ -236,9 +259,9 @@ fn own(tag: u8, slot: &Slot) -> Value {
     }
 }
 
-/// Writes `v` over a tag and a slot, dropping the string it held.
-fn put(tag: &mut u8, slot: &mut Slot, v: Value) {
-    if *tag == tag::STR {
+/// Writes `v` over a slot whose tag is `tag`, dropping the string it held; returns the new tag.
+fn put(tag: u8, slot: &mut Slot, v: Value) -> u8 {
+    if tag == tag::STR {
         // SAFETY: the tag says the slot holds a string, dropped once: the tag changes below.
         unsafe { ManuallyDrop::drop(&mut slot.text) }
     }
@@ -250,15 +273,14 @@ fn put(tag: &mut u8, slot: &mut Slot, v: Value) {
         Value::Timestamp(t) => (tag::TIMESTAMP, t as u64),
         Value::Duration(d) => (tag::DURATION, d as u64),
         Value::Str(s) => {
-            *tag = tag::STR;
             *slot = Slot {
                 text: ManuallyDrop::new(s),
             };
-            return;
+            return tag::STR;
         }
     };
-    *tag = t;
     *slot = Slot { bits };
+    t
 }
 
 /// An event's values while only one handle holds it: read and written in place.
@@ -280,28 +302,36 @@ impl Fields<'_> {
 
     /// Value `i`.
     pub fn get(&self, i: usize) -> Option<ValueRef<'_>> {
-        Some(read(*self.tags.get(i)?, self.slots.get(i)?))
+        let slot = self.slots.get(i)?;
+        Some(read(tag_of(self.tags, i), slot))
     }
 
     /// Sets value `i` (past the end: nothing).
+    #[inline]
     pub fn set(&mut self, i: usize, v: Value) {
-        if let (Some(t), Some(s)) = (self.tags.get_mut(i), self.slots.get_mut(i)) {
-            put(t, s, v);
+        if let (Some(s), Some(byte)) = (self.slots.get_mut(i), self.tags.get_mut(i / 2)) {
+            let shift = 4 * (i & 1);
+            let t = put((*byte >> shift) & 0xF, s, v);
+            *byte = (*byte & !(0xF << shift)) | (t << shift);
         }
     }
 
     /// Value `i` if it is a string, shared.
     pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
-        text(*self.tags.get(i)?, self.slots.get(i)?)
+        let slot = self.slots.get(i)?;
+        text(tag_of(self.tags, i), slot)
     }
 
     /// Every value null again.
     fn clear(&mut self) {
-        for (t, s) in self.tags.iter_mut().zip(self.slots.iter_mut()) {
-            if *t != tag::NULL {
-                put(t, s, Value::Null);
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if tag_of(self.tags, i) == tag::STR {
+                // SAFETY: the tag says the slot holds a string, dropped once: every tag is
+                // null below.
+                unsafe { ManuallyDrop::drop(&mut s.text) }
             }
         }
+        self.tags.fill(0);
     }
 }
 
@@ -322,14 +352,8 @@ impl Event {
         event
     }
 
-    /// Bytes of the tags of `len` values: a multiple of 8, so that the values are aligned.
-    fn tags_len(len: usize) -> usize {
-        len.next_multiple_of(8)
-    }
-
     fn layout(len: usize) -> Layout {
-        let size =
-            std::mem::size_of::<Head>() + Event::tags_len(len) + len * std::mem::size_of::<Slot>();
+        let size = std::mem::size_of::<Head>() + rest_len(len) + len * std::mem::size_of::<Slot>();
         // Not reached: `len` is at most 65,535, about 600 KiB.
         Layout::from_size_align(size, std::mem::align_of::<Head>())
             .unwrap_or_else(|_| std::process::abort())
@@ -350,10 +374,11 @@ impl Event {
         // values; all-zero tags and slots are nulls.
         unsafe {
             head.as_ptr().write(Head {
-                count: AtomicU32::new(1),
+                time,
+                count: AtomicU16::new(1),
                 stream: stream as u16,
                 len: len as u16,
-                time,
+                tags: [0; 2],
             });
             let rest = layout.size() - std::mem::size_of::<Head>();
             head.as_ptr().add(1).cast::<u8>().write_bytes(0, rest);
@@ -366,19 +391,37 @@ impl Event {
         unsafe { self.0.as_ref() }
     }
 
-    fn tags(&self) -> &[u8] {
+    /// The tags (two a byte), and the values.
+    fn tags_and_slots(&self) -> (&[u8], &[Slot]) {
         let len = usize::from(self.head().len);
-        // SAFETY: `len` tags follow the header, all written when the block was made.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().add(1).cast::<u8>(), len) }
+        let head = self.0.as_ptr();
+        // SAFETY: the tags start in the header and go on past it, and `len` values follow
+        // them, all written when the block was made. The pointers derive from the block's.
+        unsafe {
+            let tags = std::ptr::addr_of!((*head).tags).cast::<u8>();
+            let slots = head.add(1).cast::<u8>().add(rest_len(len)).cast::<Slot>();
+            (
+                std::slice::from_raw_parts(tags, tags_len(len)),
+                std::slice::from_raw_parts(slots, len),
+            )
+        }
     }
 
-    fn slots(&self) -> &[Slot] {
-        let len = usize::from(self.head().len);
-        // SAFETY: `len` values follow the tags, all written when the block was made.
-        unsafe {
-            let tags = self.0.as_ptr().add(1).cast::<u8>();
-            std::slice::from_raw_parts(tags.add(Event::tags_len(len)).cast::<Slot>(), len)
-        }
+    /// Tag `i` and value `i`'s slot.
+    #[inline]
+    fn slot(&self, i: usize) -> Option<(u8, &Slot)> {
+        let (tags, slots) = self.tags_and_slots();
+        let slot = slots.get(i)?;
+        Some((tag_of(tags, i), slot))
+    }
+
+    /// Every value's tag and slot, in order.
+    fn tagged(&self) -> impl ExactSizeIterator<Item = (u8, &Slot)> {
+        let (tags, slots) = self.tags_and_slots();
+        slots
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| (tag_of(tags, i), s))
     }
 
     /// The values and the header's stream and time, if this handle is the only one.
@@ -401,11 +444,11 @@ impl Event {
         // mutably. The tags, the values and the header's fields do not overlap.
         unsafe {
             let head = self.0.as_ptr();
-            let tags = head.add(1).cast::<u8>();
-            let slots = tags.add(Event::tags_len(len)).cast::<Slot>();
+            let tags = std::ptr::addr_of_mut!((*head).tags).cast::<u8>();
+            let slots = head.add(1).cast::<u8>().add(rest_len(len)).cast::<Slot>();
             (
                 Fields {
-                    tags: std::slice::from_raw_parts_mut(tags, len),
+                    tags: std::slice::from_raw_parts_mut(tags, tags_len(len)),
                     slots: std::slice::from_raw_parts_mut(slots, len),
                 },
                 &mut (*head).stream,
@@ -495,37 +538,27 @@ impl Event {
     /// Value `i` (field `i` of the stream's schema), borrowed.
     #[inline]
     pub fn get(&self, i: usize) -> Option<ValueRef<'_>> {
-        Some(read(*self.tags().get(i)?, self.slots().get(i)?))
+        self.slot(i).map(|(t, s)| read(t, s))
     }
 
     /// Value `i`, owned (a string shared, not copied); null past the end.
     pub fn value(&self, i: usize) -> Value {
-        match (self.tags().get(i), self.slots().get(i)) {
-            (Some(t), Some(s)) => own(*t, s),
-            _ => Value::Null,
-        }
+        self.slot(i).map_or(Value::Null, |(t, s)| own(t, s))
     }
 
     /// Value `i` if it is a string, shared.
     pub fn str_at(&self, i: usize) -> Option<&ArcStr> {
-        text(*self.tags().get(i)?, self.slots().get(i)?)
+        self.slot(i).and_then(|(t, s)| text(t, s))
     }
 
     /// The values in schema order, borrowed.
     pub fn values(&self) -> impl ExactSizeIterator<Item = ValueRef<'_>> {
-        self.tags()
-            .iter()
-            .zip(self.slots())
-            .map(|(t, s)| read(*t, s))
+        self.tagged().map(|(t, s)| read(t, s))
     }
 
     /// The values in schema order, owned (for cold paths: one allocation).
     pub fn to_values(&self) -> Vec<Value> {
-        self.tags()
-            .iter()
-            .zip(self.slots())
-            .map(|(t, s)| own(*t, s))
-            .collect()
+        self.tagged().map(|(t, s)| own(t, s)).collect()
     }
 
     /// The event's address: equal for handles sharing one event.
@@ -544,7 +577,12 @@ impl Clone for Event {
     fn clone(&self) -> Event {
         // Relaxed, as `Arc` does: a new handle is made from an existing one, which keeps the
         // block alive, and publishing the handle to another thread synchronizes by itself.
-        if self.head().count.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+        // Between the check and the increment other threads may add theirs, a handful where
+        // the margin is half the count's range.
+        if self.head().count.load(Ordering::Relaxed) >= MAX_SHARED {
+            return Event::new(self.stream(), self.time(), self.to_values());
+        }
+        if self.head().count.fetch_add(1, Ordering::Relaxed) == u16::MAX {
             std::process::abort();
         }
         Event(self.0)
@@ -775,6 +813,28 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_past_the_counts_half_copies_the_event() {
+        let label = ArcStr::from(String::from("a string no literal shares"));
+        let event = Event::new(4, 8, [Value::Int(1), Value::Str(label.clone())]);
+        let handles: Vec<Event> = (0..usize::from(MAX_SHARED) + 10)
+            .map(|_| event.clone())
+            .collect();
+        let shared = handles
+            .iter()
+            .filter(|h| h.address() == event.address())
+            .count();
+        assert_eq!(shared, usize::from(MAX_SHARED) - 1, "the rest are copies");
+        let copy = &handles[handles.len() - 1];
+        assert_ne!(copy.address(), event.address());
+        assert_eq!((copy.stream(), copy.time()), (4, 8));
+        assert_eq!(copy, &event);
+        assert_eq!(ArcStr::strong_count(&label), Some(2 + 11));
+        drop(handles);
+        assert_eq!(ArcStr::strong_count(&label), Some(2));
+        assert_eq!(event.clone().address(), event.address(), "shared again");
+    }
+
+    #[test]
     fn stored_events_beyond_16_bit_streams_or_lengths_are_refused() {
         let json = |stream: u64, n: usize| serde_json::json!({"stream": stream, "time": 1, "fields": vec!["Null"; n]});
         let widest = serde_json::from_value::<Event>(json(65_535, 65_535)).unwrap();
@@ -795,10 +855,11 @@ mod tests {
         assert_eq!(back, e);
         let bytes = postcard::to_allocvec(&e).unwrap();
         assert_eq!(postcard::from_bytes::<Event>(&bytes).unwrap(), e);
-        // The header, a tag byte per value (rounded up to 8), 8 bytes per value: 40 bytes,
-        // in mimalloc's 48-byte class.
-        assert_eq!(Event::layout(2).size(), 16 + 8 + 2 * 8);
-        assert_eq!(e.heap_bytes(), 48);
+        // The header (with the tags of up to four values), 8 bytes per value: 32 bytes.
+        assert_eq!(Event::layout(2).size(), 16 + 2 * 8);
+        assert_eq!(e.heap_bytes(), 32);
+        // Four values, as a camera's reading: 48 bytes, a size class of mimalloc's.
+        assert_eq!(crate::alloc::block_size(Event::layout(4).size()), 48);
     }
 
     #[test]
@@ -818,7 +879,8 @@ mod tests {
         let mut e = Event::new(2, 5, all.clone());
         assert_eq!(e.to_values(), all);
         assert_eq!(e.values().map(ValueRef::to_value).collect::<Vec<_>>(), all);
-        assert_eq!(Event::layout(9).size(), 16 + 16 + 9 * 8);
+        // Five tags past the header's four, two a byte, rounded up to 8 bytes.
+        assert_eq!(Event::layout(9).size(), 16 + 8 + 9 * 8);
         // Read owned, a string is shared, not copied; borrowed, it is the same text.
         assert!(e.str_at(6).is_some_and(|s| ArcStr::ptr_eq(s, &text)));
         assert!(matches!(e.value(6), Value::Str(s) if ArcStr::ptr_eq(&s, &text)));

@@ -113,6 +113,9 @@ pub struct Guard {
 /// Most waits a state may have (the run's alive set is a 64-bit mask).
 pub const MAX_WAITS: usize = 64;
 
+/// Most states a rule's automaton may have (a run holds its state in 16 bits).
+pub const MAX_STATES: usize = 1 << 16;
+
 /// Why a rule could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -125,6 +128,16 @@ pub enum CompileError {
         rule: String,
         /// How many.
         waits: usize,
+    },
+    /// A pattern too large for a run to hold its state in 16 bits.
+    #[error(
+        "rule `{rule}`: the pattern compiles to {states} states; at most {MAX_STATES} are supported (split it into several rules)"
+    )]
+    TooManyStates {
+        /// Rule name.
+        rule: String,
+        /// How many.
+        states: usize,
     },
 }
 
@@ -396,6 +409,12 @@ pub fn compile(rule: Arc<Rule>) -> Result<Nfa, CompileError> {
                 complete,
             });
         }
+    }
+    if states.len() > MAX_STATES {
+        return Err(CompileError::TooManyStates {
+            rule: rule.name.clone(),
+            states: states.len(),
+        });
     }
     if let Some(s) = states.iter().find(|s| s.waits.len() > MAX_WAITS) {
         return Err(CompileError::TooManyWaits {

@@ -7,7 +7,6 @@
 use crate::compile::hir::VarId;
 use crate::event::{Event, Nanos};
 
-use super::inline::Inline;
 use super::run::Found;
 
 /// "No entry": the end of a chain.
@@ -33,24 +32,66 @@ pub struct Entry {
 }
 
 /// All entries of one key. Most keys hold one entry at a time: it lives inline (in the key's
-/// state, with no allocation of its own). The free list and the key's held-back matches, both
-/// rarely used, share one pointer, allocated only while either holds something. The buffer
-/// serializes as its entries and free list, the key's state the held matches beside it, as
-/// before they shared the pointer.
+/// state, with no allocation of its own), and the buffer is no larger than the entry (its
+/// shapes told apart by spare values of `in_loop`). Beyond one entry, the entries, their free
+/// list and the key's held-back matches (rarely any) are allocated together, one pointer
+/// wide. The buffer serializes as its entries and free list, the key's state the held
+/// matches beside it, as before they were kept together.
 #[derive(Debug, Default, Clone)]
-pub struct Buffer {
-    entries: Inline<Entry>,
-    side: Option<Box<Side>>,
+pub struct Buffer(Repr);
+
+#[derive(Debug, Default, Clone)]
+enum Repr {
+    #[default]
+    Empty,
+    One(Entry),
+    Many(Box<Spilled>),
 }
 
-/// What a buffer keeps aside: free entries, and the key's held-back matches.
+/// A buffer beyond one entry, or holding matches back.
 #[derive(Debug, Default, Clone)]
-struct Side {
+struct Spilled {
+    entries: Vec<Entry>,
+    /// Entries no run holds, reused first.
     free: Vec<u32>,
     held: Vec<Found>,
 }
 
 impl Buffer {
+    fn entries(&self) -> &[Entry] {
+        match &self.0 {
+            Repr::Empty => &[],
+            Repr::One(e) => std::slice::from_ref(e),
+            Repr::Many(s) => &s.entries,
+        }
+    }
+
+    fn entries_mut(&mut self) -> &mut [Entry] {
+        match &mut self.0 {
+            Repr::Empty => &mut [],
+            Repr::One(e) => std::slice::from_mut(e),
+            Repr::Many(s) => &mut s.entries,
+        }
+    }
+
+    /// The buffer spilled: its one entry (if any) moved out to the allocation.
+    fn spill(&mut self) -> &mut Spilled {
+        if !matches!(self.0, Repr::Many(_)) {
+            let entries = match std::mem::take(&mut self.0) {
+                Repr::One(e) => vec![e],
+                _ => Vec::new(),
+            };
+            self.0 = Repr::Many(Box::new(Spilled {
+                entries,
+                ..Spilled::default()
+            }));
+        }
+        match &mut self.0 {
+            Repr::Many(s) => s,
+            _ => unreachable!("spilled above"),
+        }
+    }
+
     /// Adds an entry after `prev` (taking a reference on it); the new entry starts with one
     /// reference, owned by the caller.
     pub fn push(
@@ -65,7 +106,7 @@ impl Buffer {
             NIL
         } else {
             self.retain(prev);
-            let p = &self.entries[prev as usize];
+            let p = &self.entries()[prev as usize];
             if p.in_loop { p.anchor } else { prev }
         };
         let entry = Entry {
@@ -77,14 +118,19 @@ impl Buffer {
             in_loop,
             refs: 1,
         };
-        match self.side.as_mut().and_then(|s| s.free.pop()) {
+        if let Repr::Empty = self.0 {
+            self.0 = Repr::One(entry);
+            return 0;
+        }
+        let s = self.spill();
+        match s.free.pop() {
             Some(i) => {
-                self.entries[i as usize] = entry;
+                s.entries[i as usize] = entry;
                 i
             }
             None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
+                s.entries.push(entry);
+                (s.entries.len() - 1) as u32
             }
         }
     }
@@ -92,95 +138,95 @@ impl Buffer {
     /// Takes another reference on an entry.
     pub fn retain(&mut self, idx: u32) {
         if idx != NIL {
-            self.entries[idx as usize].refs += 1;
+            self.entries_mut()[idx as usize].refs += 1;
         }
     }
 
     /// Drops a reference; frees the entry (and, in turn, its predecessors) at zero.
     pub fn release(&mut self, mut idx: u32) {
         while idx != NIL {
-            let e = &mut self.entries[idx as usize];
+            let e = &mut self.entries_mut()[idx as usize];
             e.refs -= 1;
             if e.refs > 0 {
                 return;
             }
             let prev = e.prev;
-            self.side.get_or_insert_default().free.push(idx);
+            match &mut self.0 {
+                Repr::Many(s) => s.free.push(idx),
+                // The one entry freed: nothing is live.
+                _ => {
+                    self.0 = Repr::Empty;
+                    return;
+                }
+            }
             idx = prev;
         }
-        if self.free_len() == self.entries.len() {
-            // Nothing live: drop the entries but keep their slots until the end of the step
+        if let Repr::Many(s) = &mut self.0
+            && s.free.len() == s.entries.len()
+        {
+            // Nothing live: drop the entries but keep their room until the end of the step
             // ([`Buffer::trim`]), so a run that ends and one that starts on the same event
-            // reuse the slot instead of freeing and allocating it; the free list (cold memory
-            // of its own) is not needed for an empty buffer.
-            self.entries.clear();
-            self.drop_free();
+            // reuse it instead of freeing and allocating; the free list (cold memory of its
+            // own) is not needed for an empty buffer.
+            s.entries.clear();
+            s.free = Vec::new();
         }
     }
 
     /// Gives the memory back when nothing is live, so an idle key costs nothing.
     pub fn trim(&mut self) {
-        if self.free_len() == self.entries.len() && self.entries.spilled() {
-            self.entries = Inline::new();
-            self.drop_free();
+        if let Repr::Many(s) = &self.0
+            && s.free.len() == s.entries.len()
+            && s.held.is_empty()
+        {
+            self.0 = Repr::Empty;
         }
     }
 
     fn free_len(&self) -> usize {
-        self.side.as_ref().map_or(0, |s| s.free.len())
-    }
-
-    /// Forgets the free list, and the side with it when no match is held.
-    fn drop_free(&mut self) {
-        if let Some(side) = &mut self.side {
-            if side.held.is_empty() {
-                self.side = None;
-            } else {
-                side.free = Vec::new();
-            }
+        match &self.0 {
+            Repr::Many(s) => s.free.len(),
+            _ => 0,
         }
     }
 
     /// The key's held-back matches.
     pub fn held(&self) -> &[Found] {
-        self.side.as_ref().map_or(&[], |s| &s.held)
+        match &self.0 {
+            Repr::Many(s) => &s.held,
+            _ => &[],
+        }
     }
 
     /// Takes the held-back matches out (to change them beside the entries); give them back
     /// with [`Buffer::set_held`].
     pub fn take_held(&mut self) -> Vec<Found> {
-        self.side
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.held))
-            .unwrap_or_default()
+        match &mut self.0 {
+            Repr::Many(s) => std::mem::take(&mut s.held),
+            _ => Vec::new(),
+        }
     }
 
     /// Sets the held-back matches; no allocation while there are none.
     pub fn set_held(&mut self, held: Vec<Found>) {
-        match &mut self.side {
-            Some(side) if held.is_empty() && side.free.is_empty() => self.side = None,
-            Some(side) => side.held = held,
-            None if held.is_empty() => {}
-            None => {
-                self.side = Some(Box::new(Side {
-                    free: Vec::new(),
-                    held,
-                }))
-            }
+        match &mut self.0 {
+            Repr::Many(s) => s.held = held,
+            _ if held.is_empty() => {}
+            _ => self.spill().held = held,
         }
     }
 
     /// The time of the event at `idx`, or `otherwise` for `NIL`.
     pub fn time_of(&self, idx: u32, otherwise: Nanos) -> Nanos {
         // `get`: a run read back from the store is not trusted to point into the buffer.
-        self.entries
+        self.entries()
             .get(idx as usize)
             .map_or(otherwise, |e| e.event.time())
     }
 
     /// The entry at `idx`.
     pub fn entry(&self, idx: u32) -> &Entry {
-        &self.entries[idx as usize]
+        &self.entries()[idx as usize]
     }
 
     /// The chain ending at `tail`, oldest first.
@@ -197,12 +243,12 @@ impl Buffer {
 
     /// Every entry's sequence number, free entries' included, for renumbering.
     pub fn seqs_mut(&mut self) -> impl Iterator<Item = &mut super::run::Seq> {
-        self.entries.iter_mut().map(|e| &mut e.seq)
+        self.entries_mut().iter_mut().map(|e| &mut e.seq)
     }
 
     /// Live entries.
     pub fn live(&self) -> usize {
-        self.entries.len() - self.free_len()
+        self.entries().len() - self.free_len()
     }
 
     /// Heap bytes held beyond the inline entry (approximate: entries, the free list and the
@@ -210,37 +256,40 @@ impl Buffer {
     pub fn heap_bytes(&self) -> usize {
         use crate::alloc::block_size;
         let vec = |bytes: usize| if bytes == 0 { 0 } else { block_size(bytes) };
-        let side = self.side.as_ref().map_or(0, |s| {
-            block_size(std::mem::size_of::<Side>())
-                + vec(s.free.capacity() * std::mem::size_of::<u32>())
-                + vec(s.held.capacity() * std::mem::size_of::<Found>())
-        });
-        self.entries.heap_bytes() + side
+        match &self.0 {
+            Repr::Many(s) => {
+                block_size(std::mem::size_of::<Spilled>())
+                    + vec(s.entries.capacity() * std::mem::size_of::<Entry>())
+                    + vec(s.free.capacity() * std::mem::size_of::<u32>())
+                    + vec(s.held.capacity() * std::mem::size_of::<Found>())
+            }
+            _ => 0,
+        }
     }
 
     /// The buffer as stored: its entries and free list (the held matches are stored with the
     /// key's state).
     pub(super) fn stored(&self) -> StoredBuffer<'_> {
         StoredBuffer {
-            entries: &self.entries,
-            free: self.side.as_ref().map_or(&[], |s| &s.free),
+            entries: self.entries(),
+            free: match &self.0 {
+                Repr::Many(s) => &s.free,
+                _ => &[],
+            },
         }
     }
 
     /// The buffer read back, with the key's held matches.
     pub(super) fn from_stored(stored: ReadBuffer, held: Vec<Found>) -> Buffer {
-        let mut buffer = Buffer {
-            entries: stored.entries,
-            side: None,
-        };
-        if !stored.free.is_empty() {
-            buffer.side = Some(Box::new(Side {
-                free: stored.free,
-                held: Vec::new(),
-            }));
+        let ReadBuffer { mut entries, free } = stored;
+        if free.is_empty() && held.is_empty() && entries.len() <= 1 {
+            return Buffer(entries.pop().map_or(Repr::Empty, Repr::One));
         }
-        buffer.set_held(held);
-        buffer
+        Buffer(Repr::Many(Box::new(Spilled {
+            entries,
+            free,
+            held,
+        })))
     }
 }
 
@@ -248,7 +297,7 @@ impl Buffer {
 #[derive(serde::Serialize)]
 #[serde(rename = "Buffer")]
 pub(super) struct StoredBuffer<'a> {
-    entries: &'a Inline<Entry>,
+    entries: &'a [Entry],
     free: &'a [u32],
 }
 
@@ -256,7 +305,7 @@ pub(super) struct StoredBuffer<'a> {
 #[derive(serde::Deserialize)]
 #[serde(rename = "Buffer")]
 pub(super) struct ReadBuffer {
-    entries: Inline<Entry>,
+    entries: Vec<Entry>,
     free: Vec<u32>,
 }
 
@@ -298,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn free_entries_and_held_matches_share_one_allocation_while_either_is_used() {
+    fn one_entry_is_inline_and_more_share_one_allocation_with_the_held_matches() {
         use super::super::run::FoundKind;
         let held = |tail| Found {
             kind: FoundKind::Match,
@@ -308,40 +357,54 @@ mod tests {
             last_seq: 0,
             id: 0,
         };
+        assert_eq!(
+            std::mem::size_of::<Buffer>(),
+            std::mem::size_of::<Entry>(),
+            "no larger than its entry"
+        );
         let mut b = Buffer::default();
         let a = b.push(ev(1), 1, VarId(0), false, NIL);
-        assert!(b.side.is_none(), "one entry, nothing aside");
+        assert!(matches!(b.0, Repr::One(_)), "one entry, inline");
+        assert_eq!(b.heap_bytes(), 0);
+        // A held match spills even a single entry.
+        b.retain(a);
+        b.set_held(vec![held(a)]);
+        assert!(matches!(b.0, Repr::Many(_)));
+        assert_eq!((b.live(), b.entry(a).seq), (1, 1));
+        let mut taken = b.take_held();
+        b.release(taken.pop().unwrap().tail);
+        b.set_held(Vec::new());
         let x = b.push(ev(2), 2, VarId(1), false, a);
         b.retain(x);
         b.set_held(vec![held(x)]);
         b.release(x);
-        assert!(b.side.is_some());
         let y = b.push(ev(3), 3, VarId(1), false, a);
         b.release(y);
         assert_eq!((b.live(), b.held().len()), (2, 1), "y is free, x held");
-        let side = b.heap_bytes() - b.entries.heap_bytes();
-        assert!(side >= std::mem::size_of::<Side>() + 4, "{side}");
-        // Taken out and given back, the matches are kept; given back none, and with a free
-        // entry left, the side stays for the free list.
-        let taken = b.take_held();
-        assert_eq!(taken.len(), 1);
-        b.set_held(Vec::new());
-        assert!(b.side.is_some(), "y's slot is still on the free list");
+        assert!(
+            b.heap_bytes() >= std::mem::size_of::<Spilled>() + 3 * std::mem::size_of::<Entry>(),
+            "{}",
+            b.heap_bytes()
+        );
         assert_eq!(
             b.push(ev(4), 4, VarId(1), false, a),
             y,
             "the free slot is reused"
         );
-        b.set_held(Vec::new());
-        assert!(b.side.is_none(), "nothing free, nothing held");
-        b.set_held(taken);
-        assert_eq!(b.held().len(), 1);
-        // Every entry freed: the free list goes, the held match stays.
+        // Every entry freed: the entries go, the held match stays until it is taken.
         b.release(x);
         b.release(y);
         b.release(a);
-        assert_eq!(b.live(), 0);
-        assert_eq!(b.held().len(), 1);
-        assert!(b.side.as_ref().is_some_and(|s| s.free.is_empty()));
+        assert_eq!((b.live(), b.held().len()), (0, 1));
+        b.trim();
+        assert_eq!(b.held().len(), 1, "kept while held");
+        b.take_held();
+        b.trim();
+        assert!(matches!(b.0, Repr::Empty));
+        assert_eq!(b.heap_bytes(), 0);
+        // The one entry freed empties the buffer at once.
+        let only = b.push(ev(5), 5, VarId(0), false, NIL);
+        b.release(only);
+        assert!(matches!(b.0, Repr::Empty));
     }
 }

@@ -1,10 +1,10 @@
 //! A list that holds one item inline and spills to a vector beyond that.
 //!
-//! Most keys hold one run and one buffer entry. `SmallVec<[T; 1]>` keeps that one inline too,
-//! but adds a capacity word; this list instead tells its three shapes apart by a spare value
-//! of the item itself (a `bool` field is enough), so it is no larger than the item (or a
-//! vector, whichever is larger). For a run and an entry that is 8 bytes each, which brings a
-//! key's state under mimalloc's 128-byte size class.
+//! Most keys hold one run. `SmallVec<[T; 1]>` keeps that one inline too, but adds a capacity
+//! word; this list instead tells its three shapes apart by a spare value of the item itself (a
+//! `bool` field is enough), so it is no larger than the item (or a vector, whichever is
+//! larger): 8 bytes less per key. The buffer's entries do the same in their own way
+//! (`buffer.rs`), with the free list and held matches beside a spilled vector.
 
 use serde::{Deserialize, Serialize};
 

@@ -75,12 +75,12 @@ struct RuleRuntime {
     keys: KeyTable,
     /// Each key's next deadline, with the key's hash in the table (8 bytes where the key
     /// takes 16); equal deadlines fire in the order they were scheduled.
-    timers: Timers<u64>,
+    timers: Timers,
 }
 
-/// One key of a rule: the key, its state and its timer, one allocation.
+/// One key of a rule: the key, its state and its timer, in the rule's slab of slots.
 struct Slot {
-    /// The key, here rather than beside the pointer in the table's bucket.
+    /// The key, here rather than beside the index in the table's bucket.
     key: KeyVal,
     state: KeyState,
     /// The deadline of the key's timer in the rule's timers, or [`UNSCHEDULED`].
@@ -92,12 +92,12 @@ struct Slot {
 const UNSCHEDULED: Nanos = Nanos::MIN;
 
 impl Slot {
-    fn new(key: KeyVal, state: KeyState) -> Box<Slot> {
-        Box::new(Slot {
+    fn new(key: KeyVal, state: KeyState) -> Slot {
+        Slot {
             key,
             state,
             scheduled: UNSCHEDULED,
-        })
+        }
     }
 }
 
@@ -426,7 +426,7 @@ impl Group {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| r.timers.peek().map(|(deadline, _)| *deadline));
+            .filter_map(|r| r.timers.peek().map(|(deadline, _)| deadline));
         let aggs = self.aggregates.iter().filter_map(AggRuntime::next_close);
         rules.chain(aggs).min()
     }
@@ -449,7 +449,7 @@ impl Group {
         }
         for r in 0..self.rules.len() {
             loop {
-                let due = matches!(self.rules[r].timers.peek(), Some((d, _)) if *d <= t);
+                let due = matches!(self.rules[r].timers.peek(), Some((d, _)) if d <= t);
                 if !due {
                     break;
                 }
@@ -461,11 +461,14 @@ impl Group {
         }
     }
 
-    fn advance_key(&mut self, r: usize, hash: u64, now: Nanos, out: &mut dyn FnMut(Alert)) {
+    fn advance_key(&mut self, r: usize, hash: u32, now: Nanos, out: &mut dyn FnMut(Alert)) {
         let rt = &mut self.rules[r];
         // None when the key is gone, or its timer was superseded by an earlier one, which
         // already fired.
-        let Some(slot) = rt.keys.due(hash, now) else {
+        let Some(at) = rt.keys.due(hash, now) else {
+            return;
+        };
+        let Some(slot) = rt.keys.at_mut(at) else {
             return;
         };
         let key = &slot.key.clone();
@@ -501,7 +504,7 @@ impl Group {
             out,
         );
         if schedule(&rt.nfa, &mut rt.timers, slot, hash) {
-            rt.keys.remove(key);
+            rt.keys.remove_at(hash, at);
             self.stats.keys = self.stats.keys.saturating_sub(1);
         }
     }
@@ -540,21 +543,23 @@ impl Group {
         // sequence numbers restart with the key anyway), so it is neither created nor
         // dropped. A trace records every event, so it takes the full path.
         let hash = rt.keys.hash(&key);
-        let slot = match rt.keys.entry(hash, &key) {
-            hashbrown::hash_table::Entry::Occupied(o) => {
-                let slot = o.into_mut();
-                adopt_key(held, &slot.key, fields);
-                slot
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
+        let (at, found) = match rt.keys.find(hash, &key) {
+            Some(at) => (at, true),
+            None => {
                 if self.trace.is_none() && !KeyState::may_start(&rt.nfa, event, &key_value) {
                     return;
                 }
                 self.stats.keys += 1;
-                v.insert(Slot::new(key.clone(), KeyState::default()))
-                    .into_mut()
+                let slot = Slot::new(key.clone(), KeyState::default());
+                (rt.keys.add(hash, slot), false)
             }
         };
+        let Some(slot) = rt.keys.at_mut(at) else {
+            return;
+        };
+        if found {
+            adopt_key(held, &slot.key, fields);
+        }
         let event = &*held;
         if let Some(c) = self.changes.as_mut() {
             c.keys.insert((r, key.clone()));
@@ -589,7 +594,7 @@ impl Group {
             out,
         );
         if schedule(&rt.nfa, &mut rt.timers, slot, hash) {
-            rt.keys.remove(&key);
+            rt.keys.remove_at(hash, at);
             self.stats.keys = self.stats.keys.saturating_sub(1);
         }
     }
@@ -617,8 +622,7 @@ impl Group {
     pub fn state_bytes(&self) -> usize {
         let mut total = 0;
         for r in &self.rules {
-            total += r.keys.bytes()
-                + r.keys.len() * crate::alloc::block_size(std::mem::size_of::<Slot>());
+            total += r.keys.bytes();
             total += r.timers.heap_bytes();
             for slot in r.keys.iter() {
                 total += slot.key.heap_bytes() + slot.state.heap_bytes();
@@ -1148,7 +1152,7 @@ fn emit_found(
 
 /// Schedules a key's next deadline; true when the key holds nothing and should be dropped
 /// (so that it costs nothing).
-fn schedule(nfa: &Nfa, timers: &mut Timers<u64>, slot: &mut Slot, hash: u64) -> bool {
+fn schedule(nfa: &Nfa, timers: &mut Timers, slot: &mut Slot, hash: u32) -> bool {
     if slot.state.is_empty() {
         return true;
     }
@@ -1182,13 +1186,12 @@ mod tests {
     #[test]
     fn a_key_holding_one_run_and_one_entry_is_one_small_allocation() {
         // The layout the memory figures in docs/performance.md rest on: the run and the entry
-        // inline in the key's state, keys 16 bytes, and a timer a deadline and a hash.
+        // inline in the key's state, and keys 16 bytes (a timer's 8 are in timers.rs).
         let mut state = KeyState::default();
         state.runs.push(run::Run::starting(0, 0));
         assert!(!state.runs.spilled(), "the first run is inline");
         assert_eq!(state.heap_bytes(), 0, "and holds no memory of its own");
         assert_eq!(std::mem::size_of::<KeyVal>(), 16);
-        assert_eq!(std::mem::size_of::<(Nanos, u64)>(), 16, "a timer");
         assert!(
             std::mem::size_of::<Slot>() <= 144,
             "{}",
@@ -1352,12 +1355,40 @@ mod tests {
     }
 
     #[test]
-    fn a_keys_slot_fits_the_allocators_112_byte_class() {
-        // mimalloc's classes go 96, 112, 128: at 113 bytes every key would take 16 more.
+    fn a_keys_slot_holding_one_run_and_one_entry_is_104_bytes() {
+        // Slots sit in the table's slab at their own size, so every byte here is a byte per
+        // key: the key 16, its timer's deadline 8, the buffer's entry 32 and side pointer 8,
+        // the run 32, the two counters 8.
+        assert_eq!(std::mem::size_of::<run::Run>(), 32);
         assert!(
-            std::mem::size_of::<Slot>() <= 112,
+            std::mem::size_of::<Slot>() <= 104,
             "{}",
             std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[test]
+    fn a_pattern_of_more_states_than_a_run_can_hold_is_refused() {
+        // 66 counted steps of 1,000 each: 66,000 states, past the 16 bits a run holds.
+        let steps: Vec<String> = (0..66).map(|i| format!("s{i}: cam{{1000}}")).collect();
+        let text = format!(
+            "stream cam {{ camera_id: string, ts: timestamp, speed: float, time ts }}\n\
+             rule big {{ from cam key camera_id match {} within 1h emit big {{ }} }}",
+            steps.join(" followed by ")
+        );
+        let mut sources = crate::lang::source::Sources::new();
+        let (program, diags) = crate::compile::check_text(
+            &mut sources,
+            &[("r.tern", &text)],
+            Vec::new(),
+            &["stdout".to_string()],
+        );
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        let err = Engine::new(Arc::new(program)).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("rule `big`") && e.contains("at most 65536")),
+            "{err:?}"
         );
     }
 

@@ -256,17 +256,10 @@ mod tests {
         let d = state.buffer.push(shared, 3, VarId(2), false, c);
         state.buffer.release(b);
         for (i, tail) in [a, c].into_iter().enumerate() {
-            state.runs.push(Run {
-                state: 1 + i as u32,
-                alive: 3,
-                fresh: i == 0,
-                start_seq: 1,
-                start_time: 1,
-                tail,
-                id: i as u32,
-                completed: false,
-                absence: i == 1,
-            });
+            let mut run = Run::new(1 + i as u32, 3, 1, 1, tail, i as u32);
+            run.fresh = i == 0;
+            run.set_absence(i == 1);
+            state.runs.push(run);
         }
         state.buffer.set_held(vec![Found {
             kind: FoundKind::Match,

@@ -14,9 +14,9 @@ use super::eval::{self, Ctx};
 use super::inline::Inline;
 use super::trace::{Reason, Trace, What};
 
-/// A key's sequence number of an event. 32 bits, so that a key holding one partial match
-/// stays in mimalloc's 112-byte class with its key inside; a key that lives long enough to near the end is
-/// renumbered ([`KeyState::renumber`]): only the order of sequence numbers matters.
+/// A key's sequence number of an event. 32 bits, to keep a key holding one partial match
+/// small (every byte of its slot is a byte per key); a key that lives long enough to near
+/// the end is renumbered ([`KeyState::renumber`]): only the order of sequence numbers matters.
 pub type Seq = u32;
 
 /// A run's creation number within its key; 32 bits and renumbered like [`Seq`].
@@ -36,42 +36,91 @@ fn ranks(mut values: Vec<u32>) -> impl Fn(u32) -> u32 {
 
 /// A partial match. The time of its last event, which bounds its waits, is its last entry's
 /// event's ([`KeyState::last_time`]); it is stored as a field all the same (`StoredRun`).
+///
+/// 32 bytes, so that a key holding one run and one entry takes 104: the state in 16 bits
+/// (the compiler refuses more states, [`crate::compile::nfa::MAX_STATES`]) and two of the
+/// three flags in one byte; `fresh` stays a `bool`, whose spare values tell [`Inline`]'s
+/// shapes apart.
 #[derive(Debug, Clone)]
 pub struct Run {
-    /// The NFA state: which step took the last event.
-    pub state: StateId,
     /// Bit i set: the state's wait i is still open.
     pub alive: u64,
-    /// No event has arrived since the last take (`not next` guards look at the next one only).
-    pub fresh: bool,
-    /// Sequence number of the first event.
-    pub start_seq: Seq,
     /// Time of the first event.
     pub start_time: Nanos,
+    /// Sequence number of the first event.
+    pub start_seq: Seq,
     /// The last entry in the shared buffer (this run holds a reference on it).
     pub tail: u32,
     /// Creation order, to order matches that start with the same event.
     pub id: RunId,
-    /// The run has been emitted as a match: it times out silently.
-    pub completed: bool,
-    /// The run completes when time passes its deadline without a negated event (§4).
-    pub absence: bool,
+    /// The NFA state: which step took the last event.
+    state: u16,
+    /// No event has arrived since the last take (`not next` guards look at the next one only).
+    pub fresh: bool,
+    /// [`COMPLETED`] and [`ABSENCE`].
+    flags: u8,
 }
+
+/// The run has been emitted as a match: it times out silently.
+const COMPLETED: u8 = 1;
+/// The run completes when time passes its deadline without a negated event (§4).
+const ABSENCE: u8 = 2;
 
 impl Run {
     /// The run every event tries to start from: in the first state, nothing taken yet.
     pub(super) fn starting(seq: Seq, time: Nanos) -> Run {
+        Run::new(0, u64::MAX, seq, time, NIL, 0)
+    }
+
+    /// A run in `state`, fresh, neither completed nor an absence.
+    pub(super) fn new(
+        state: StateId,
+        alive: u64,
+        start_seq: Seq,
+        start_time: Nanos,
+        tail: u32,
+        id: RunId,
+    ) -> Run {
         Run {
-            state: 0,
-            alive: u64::MAX,
+            alive,
+            start_time,
+            start_seq,
+            tail,
+            id,
+            // The compiler keeps state numbers within 16 bits.
+            state: state as u16,
             fresh: false,
-            start_seq: seq,
-            start_time: time,
-            tail: NIL,
-            id: 0,
-            completed: false,
-            absence: false,
+            flags: 0,
         }
+    }
+
+    /// The NFA state: which step took the last event.
+    pub fn state(&self) -> StateId {
+        StateId::from(self.state)
+    }
+
+    /// The run has been emitted as a match: it times out silently.
+    pub fn completed(&self) -> bool {
+        self.flags & COMPLETED != 0
+    }
+
+    /// Marks the run emitted.
+    fn set_completed(&mut self) {
+        self.flags |= COMPLETED;
+    }
+
+    /// The run completes when time passes its deadline without a negated event (§4).
+    pub fn absence(&self) -> bool {
+        self.flags & ABSENCE != 0
+    }
+
+    /// Makes the run an absence, or no longer one.
+    pub(super) fn set_absence(&mut self, on: bool) {
+        self.flags = if on {
+            self.flags | ABSENCE
+        } else {
+            self.flags & !ABSENCE
+        };
     }
 }
 
@@ -103,8 +152,8 @@ pub struct Found {
 }
 
 /// Everything one key holds for one rule. Laid out for the common key, which holds one run
-/// and one entry: both are inline, so the key is one allocation; the matches held back until
-/// earlier-started runs are decided (§5), rarely any, are kept aside by the buffer
+/// and one entry: both are inline, so the key takes no allocation of its own; the matches held
+/// back until earlier-started runs are decided (§5), rarely any, are kept aside by the buffer
 /// ([`Buffer::held`]). It serializes as the struct of vectors it replaced, so the stored
 /// format is unchanged.
 #[derive(Debug, Default, Clone)]
@@ -142,7 +191,7 @@ struct StoredRuns<'a>(&'a KeyState);
 impl serde::Serialize for StoredRuns<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.runs.iter().map(|r| StoredRun {
-            state: r.state,
+            state: r.state(),
             alive: r.alive,
             fresh: r.fresh,
             start_seq: r.start_seq,
@@ -150,8 +199,8 @@ impl serde::Serialize for StoredRuns<'_> {
             last_time: self.0.last_time(r),
             tail: r.tail,
             id: r.id,
-            completed: r.completed,
-            absence: r.absence,
+            completed: r.completed(),
+            absence: r.absence(),
         }))
     }
 }
@@ -195,20 +244,24 @@ impl<'de> serde::Deserialize<'de> for KeyState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyState, D::Error> {
         let r = ReadState::deserialize(d)?;
         // The stored `last_time` is the last entry's event's time, read from the event now.
-        let runs = r.runs.into_iter().map(|r| Run {
-            state: r.state,
-            alive: r.alive,
-            fresh: r.fresh,
-            start_seq: r.start_seq,
-            start_time: r.start_time,
-            tail: r.tail,
-            id: r.id,
-            completed: r.completed,
-            absence: r.absence,
+        let runs = r.runs.into_iter().map(|r| {
+            if r.state > StateId::from(u16::MAX) {
+                return Err(serde::de::Error::custom(format!(
+                    "run in state {}: beyond 16 bits",
+                    r.state
+                )));
+            }
+            let mut run = Run::new(r.state, r.alive, r.start_seq, r.start_time, r.tail, r.id);
+            run.fresh = r.fresh;
+            if r.completed {
+                run.set_completed();
+            }
+            run.set_absence(r.absence);
+            Ok(run)
         });
         Ok(KeyState {
             buffer: Buffer::from_stored(r.buffer, r.pending),
-            runs: runs.collect::<Vec<_>>().into(),
+            runs: runs.collect::<Result<Vec<_>, _>>()?.into(),
             next_seq: r.next_seq,
             next_run: r.next_run,
         })
@@ -297,7 +350,7 @@ impl KeyState {
             if let Some(w) = within {
                 consider(r.start_time.saturating_add(w));
             }
-            let state = &nfa.states[r.state as usize];
+            let state = &nfa.states[r.state() as usize];
             for (i, wait) in state.waits.iter().enumerate() {
                 if r.alive & (1 << i) != 0
                     && let Some(b) = wait.within
@@ -418,8 +471,8 @@ impl KeyState {
         out: &mut Vec<Found>,
         mut trace: Option<&mut Trace>,
     ) -> bool {
-        let state = &nfa.states[run.state as usize];
-        if run.absence
+        let state = &nfa.states[run.state() as usize];
+        if run.absence()
             && let Completion::Absence(guards) = &state.complete
         {
             if let Some(g) = guards
@@ -427,12 +480,12 @@ impl KeyState {
                 .find(|g| self.guard_hits(nfa, g, run, event, key))
             {
                 // The negated event happened: no absence (§4).
-                run.absence = false;
+                run.set_absence(false);
                 if run.alive == 0 {
                     if let Some(t) = trace {
                         t.note(What::Ended {
                             run: run.id,
-                            state: run.state,
+                            state: run.state(),
                             reason: Reason::Negation {
                                 name: g.name.clone(),
                                 stream: g.stream,
@@ -443,8 +496,8 @@ impl KeyState {
                 }
             } else if guards.iter().all(|g| g.strict) {
                 // A trailing `not next` is decided by the first event after the run.
-                run.absence = false;
-                run.completed = true;
+                run.set_absence(false);
+                run.set_completed();
                 self.buffer.retain(run.tail);
                 out.push(Found {
                     kind: FoundKind::Match,
@@ -457,7 +510,7 @@ impl KeyState {
                 if let Some(t) = trace.as_deref_mut() {
                     t.note(What::Completed {
                         run: run.id,
-                        state: run.state,
+                        state: run.state(),
                         time: event.time(),
                     });
                 }
@@ -528,7 +581,7 @@ impl KeyState {
         }
         run.alive &= !ended;
         run.fresh = false;
-        run.alive != 0 || run.absence
+        run.alive != 0 || run.absence()
     }
 
     /// Waits of the run's state whose step takes this event: `all` before greedy/reluctant
@@ -541,7 +594,7 @@ impl KeyState {
         key: &Value,
         start: bool,
     ) -> Matched {
-        let state = &nfa.states[run.state as usize];
+        let state = &nfa.states[run.state() as usize];
         let mut all = 0u64;
         for (i, wait) in state.waits.iter().enumerate() {
             let bit = 1u64 << i;
@@ -587,7 +640,7 @@ impl KeyState {
         mark: usize,
         t: &mut Trace,
     ) {
-        let survives = run.alive & !ended != 0 || run.absence;
+        let survives = run.alive & !ended != 0 || run.absence();
         if taken != 0 {
             if !survives {
                 // The first run made from this one replaces it.
@@ -606,12 +659,12 @@ impl KeyState {
         if survives {
             t.note(What::Skipped {
                 run: run.id,
-                state: run.state,
+                state: run.state(),
             });
         } else if let Some(reason) = self.end_reason(nfa, run, ended, event, key) {
             t.note(What::Ended {
                 run: run.id,
-                state: run.state,
+                state: run.state(),
                 reason,
             });
         }
@@ -627,7 +680,7 @@ impl KeyState {
         event: &Event,
         key: &Value,
     ) -> Option<Reason> {
-        let state = &nfa.states[run.state as usize];
+        let state = &nfa.states[run.state() as usize];
         let ended = ended & run.alive;
         for i in bits(ended) {
             if let Some(g) = state.waits[i]
@@ -730,25 +783,13 @@ impl KeyState {
         } else {
             (1u64 << state.waits.len()) - 1
         };
-        let mut run = Run {
-            state: target,
-            alive,
-            fresh: true,
-            start_seq: if from.tail == NIL {
-                seq
-            } else {
-                from.start_seq
-            },
-            start_time: if from.tail == NIL {
-                event.time()
-            } else {
-                from.start_time
-            },
-            tail,
-            id,
-            completed: false,
-            absence: false,
+        let (start_seq, start_time) = if from.tail == NIL {
+            (seq, event.time())
+        } else {
+            (from.start_seq, from.start_time)
         };
+        let mut run = Run::new(target, alive, start_seq, start_time, tail, id);
+        run.fresh = true;
         match &state.complete {
             Completion::Now => {
                 self.buffer.retain(tail);
@@ -760,7 +801,7 @@ impl KeyState {
                     last_seq: seq,
                     id,
                 });
-                run.completed = true;
+                run.set_completed();
                 if let Some(t) = trace {
                     t.note(What::Completed {
                         run: id,
@@ -782,10 +823,10 @@ impl KeyState {
                 }
                 run.alive = alive;
             }
-            Completion::Absence(_) => run.absence = true,
+            Completion::Absence(_) => run.set_absence(true),
             Completion::No => {}
         }
-        if run.alive == 0 && !run.absence {
+        if run.alive == 0 && !run.absence() {
             self.buffer.release(tail);
             return None;
         }
@@ -823,7 +864,7 @@ impl KeyState {
                 }
             }
             if dead.is_none() {
-                let state = &nfa.states[run.state as usize];
+                let state = &nfa.states[run.state() as usize];
                 let mut latest = None;
                 for b in bits(run.alive) {
                     if let Some(bound) = state.waits[b].within {
@@ -837,7 +878,7 @@ impl KeyState {
                         }
                     }
                 }
-                if run.alive == 0 && !run.absence {
+                if run.alive == 0 && !run.absence() {
                     dead = Some(latest.unwrap_or(now));
                 }
             }
@@ -848,7 +889,7 @@ impl KeyState {
                     note_expired(t, &run, deadline, whole, timeouts);
                 }
                 let last_seq = self.last_seq(run.tail);
-                if run.absence {
+                if run.absence() {
                     out.push(Found {
                         kind: FoundKind::Match,
                         time: deadline,
@@ -857,7 +898,7 @@ impl KeyState {
                         last_seq,
                         id: run.id,
                     });
-                } else if timeouts && !run.completed {
+                } else if timeouts && !run.completed() {
                     out.push(Found {
                         kind: FoundKind::Timeout,
                         time: deadline,
@@ -944,7 +985,7 @@ impl KeyState {
                         if let Some(t) = trace.as_deref_mut() {
                             t.note(What::Ended {
                                 run: r.id,
-                                state: r.state,
+                                state: r.state(),
                                 reason: Reason::Skip { by },
                             });
                         }
@@ -1009,22 +1050,22 @@ fn note_expired(t: &mut Trace, run: &Run, deadline: Nanos, whole: bool, timeouts
     } else {
         Reason::StepBound { deadline }
     };
-    t.note(if run.absence {
+    t.note(if run.absence() {
         What::Completed {
             run: run.id,
-            state: run.state,
+            state: run.state(),
             time: deadline,
         }
-    } else if timeouts && !run.completed {
+    } else if timeouts && !run.completed() {
         What::TimedOut {
             run: run.id,
-            state: run.state,
+            state: run.state(),
             reason,
         }
     } else {
         What::Ended {
             run: run.id,
-            state: run.state,
+            state: run.state(),
             reason,
         }
     });

@@ -1,12 +1,12 @@
 //! A rule's keys with their state, found by key.
 //!
-//! Each key lives inside its boxed slot, beside its state, so that a bucket of the table is one
-//! pointer and a control byte. A map from key to boxed state spends 25 bytes a bucket (a
-//! 16-byte key, the pointer, the control byte), and the table keeps up to half its buckets
-//! spare: about 42 bytes per key, against 15 here.
+//! Each key lives inside its slot, beside its state, and the slots live in a slab of chunks,
+//! so that a bucket of the table is a 32-bit index and a control byte, and a slot takes its
+//! own size rather than the allocator's next size class. A map from key to boxed state spent
+//! 25 bytes a bucket (a 16-byte key, the pointer, the control byte), and the table keeps up to
+//! half its buckets spare: about 42 bytes per key, against about 8 here.
 
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 
 use super::Slot;
 use super::key::KeyVal;
@@ -18,48 +18,90 @@ type Hasher = foldhash::fast::RandomState;
 /// The slots of one rule, by key.
 #[derive(Default)]
 pub(super) struct KeyTable {
-    table: HashTable<Box<Slot>>,
+    /// Indices into `slab`, placed by their keys' hashes.
+    table: HashTable<u32>,
+    slab: Slab,
     hasher: Hasher,
 }
 
+/// The table's 64-bit hash from a key's 31-bit one: the low bits place a key, the top seven
+/// are its bucket's control byte, and both come from the 31.
+fn spread(hash: u32) -> u64 {
+    u64::from(hash) | (u64::from(hash) << 33)
+}
+
+/// A key's 31-bit hash: the high bits of the hasher's 64, as a timer holds it.
+fn hash_of(hasher: &Hasher, key: &KeyVal) -> u32 {
+    (std::hash::BuildHasher::hash_one(hasher, key) >> 33) as u32
+}
+
 impl KeyTable {
-    /// The hash `key` is found by, which the rule's timers hold in place of the key.
-    pub fn hash(&self, key: &KeyVal) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, key)
+    /// The hash `key` is found by, which the rule's timers hold in place of the key: 31 bits,
+    /// so that a timer is 8 bytes.
+    pub fn hash(&self, key: &KeyVal) -> u32 {
+        hash_of(&self.hasher, key)
+    }
+
+    /// Where the slot of `key` (whose hash is `hash`) is, if it has one.
+    pub fn find(&self, hash: u32, key: &KeyVal) -> Option<u32> {
+        let slab = &self.slab;
+        self.table
+            .find(spread(hash), |&i| {
+                slab.get(i).is_some_and(|s| s.key == *key)
+            })
+            .copied()
+    }
+
+    /// Adds the slot of a key not in the table, whose hash is `hash`; returns where it is.
+    pub fn add(&mut self, hash: u32, slot: Slot) -> u32 {
+        let at = self.slab.insert(slot);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.table.insert_unique(spread(hash), at, |&i| {
+            slab.get(i).map_or(0, |s| spread(hash_of(hasher, &s.key)))
+        });
+        at
+    }
+
+    /// The slot at `at`, as [`KeyTable::find`] or [`KeyTable::add`] gave it.
+    pub fn at_mut(&mut self, at: u32) -> Option<&mut Slot> {
+        self.slab.get_mut(at)
+    }
+
+    /// Takes out the slot at `at`, whose key's hash is `hash`.
+    pub fn remove_at(&mut self, hash: u32, at: u32) -> Option<Slot> {
+        self.table
+            .find_entry(spread(hash), |&i| i == at)
+            .ok()?
+            .remove();
+        let slot = self.slab.remove(at);
+        if self.table.is_empty() {
+            // A rule with no keys left holds nothing.
+            self.slab = Slab::default();
+        }
+        slot
     }
 
     /// The slot of `key`.
     pub fn get(&self, key: &KeyVal) -> Option<&Slot> {
-        self.table
-            .find(self.hash(key), |s| s.key == *key)
-            .map(|s| &**s)
+        self.slab.get(self.find(self.hash(key), key)?)
     }
 
     /// The slot of `key`, to change.
     pub fn get_mut(&mut self, key: &KeyVal) -> Option<&mut Slot> {
-        let hash = self.hash(key);
-        self.table
-            .find_mut(hash, |s| s.key == *key)
-            .map(|s| &mut **s)
-    }
-
-    /// The slot of `key` (whose hash is `hash`), or where it would go: one probe for a
-    /// lookup that may insert.
-    pub fn entry(&mut self, hash: u64, key: &KeyVal) -> Entry<'_, Box<Slot>> {
-        let hasher = &self.hasher;
-        self.table.entry(
-            hash,
-            |s| s.key == *key,
-            |s| std::hash::BuildHasher::hash_one(hasher, &s.key),
-        )
+        let at = self.find(self.hash(key), key)?;
+        self.slab.get_mut(at)
     }
 
     /// Puts `slot` in, in place of any slot of the same key.
-    pub fn insert(&mut self, slot: Box<Slot>) {
-        match self.entry(self.hash(&slot.key), &slot.key) {
-            Entry::Occupied(mut o) => *o.get_mut() = slot,
-            Entry::Vacant(v) => {
-                v.insert(slot);
+    pub fn insert(&mut self, slot: Slot) {
+        let hash = self.hash(&slot.key);
+        match self
+            .find(hash, &slot.key)
+            .and_then(|at| self.slab.get_mut(at))
+        {
+            Some(old) => *old = slot,
+            None => {
+                self.add(hash, slot);
             }
         }
     }
@@ -67,44 +109,142 @@ impl KeyTable {
     /// The slot whose key hashes to `hash` and whose timer is set for `deadline`: the key a
     /// timer of the rule was set for. Should two keys share the hash and the deadline, each of
     /// their two timers finds one of them, and both are served at that deadline.
-    pub fn due(&mut self, hash: u64, deadline: Nanos) -> Option<&mut Slot> {
-        let hasher = &self.hasher;
+    pub fn due(&self, hash: u32, deadline: Nanos) -> Option<u32> {
+        let (slab, hasher) = (&self.slab, &self.hasher);
         self.table
-            .find_mut(hash, |s| {
-                s.scheduled == deadline && std::hash::BuildHasher::hash_one(hasher, &s.key) == hash
+            .find(spread(hash), |&i| {
+                slab.get(i)
+                    .is_some_and(|s| s.scheduled == deadline && hash_of(hasher, &s.key) == hash)
             })
-            .map(|s| &mut **s)
+            .copied()
     }
 
     /// Takes the slot of `key` out.
-    pub fn remove(&mut self, key: &KeyVal) -> Option<Box<Slot>> {
+    pub fn remove(&mut self, key: &KeyVal) -> Option<Slot> {
         let hash = self.hash(key);
-        self.table
-            .find_entry(hash, |s| s.key == *key)
-            .ok()
-            .map(|o| o.remove().0)
+        let at = self.find(hash, key)?;
+        self.remove_at(hash, at)
     }
 
     /// Every slot, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.table.iter().map(|s| &**s)
+        self.slab.chunks.iter().flatten().flatten()
     }
 
     /// Every slot, to change, in no particular order.
     #[cfg(test)]
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
-        self.table.iter_mut().map(|s| &mut **s)
+        self.slab.chunks.iter_mut().flatten().flatten()
     }
 
     /// Keys held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
-    /// Bytes of the table itself: a pointer and a control byte per bucket, spare ones
-    /// included (not the slots).
+    /// Bytes of the table and its slots (not what the slots point to): an index and a
+    /// control byte per bucket, spare ones included, and the slab's chunks as allocated.
     pub fn bytes(&self) -> usize {
-        self.table.capacity() * (std::mem::size_of::<Box<Slot>>() + 1)
+        buckets(self.table.capacity()) * (std::mem::size_of::<u32>() + 1) + self.slab.bytes()
+    }
+}
+
+/// The buckets of a table that holds up to `capacity` keys: one spare below 8 buckets, and
+/// 7 keys in 8 from there on.
+fn buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        1..7 => capacity + 1,
+        _ => capacity / 7 * 8,
+    }
+}
+
+/// Bits of a slot's index that place it within its chunk; the rest number the chunk.
+const PLACE_BITS: u32 = 10;
+
+/// Bytes of a full chunk: large enough that a chunk's own overhead is nothing, small enough
+/// that the last one's spare room is little beside a rule of many keys.
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Slots in chunks that never move or grow, by a 32-bit index. The first chunks are small
+/// (4 slots, then twice as many each time up to [`CHUNK_BYTES`]), so a rule of a few keys
+/// holds a few slots; a freed slot is reused by the next key.
+#[derive(Default)]
+struct Slab {
+    chunks: Vec<Vec<Option<Slot>>>,
+    /// Indices of slots emptied since, reused first.
+    free: Vec<u32>,
+}
+
+// A slot's absence costs no space: its key's kind has spare values.
+const _: () = assert!(std::mem::size_of::<Option<Slot>>() == std::mem::size_of::<Slot>());
+
+impl Slab {
+    /// Slots in chunk `n`.
+    fn chunk_len(n: usize) -> usize {
+        let full = (CHUNK_BYTES / std::mem::size_of::<Option<Slot>>()).min(1 << PLACE_BITS);
+        (4usize << n.min(16)).min(full)
+    }
+
+    fn place(at: u32) -> (usize, usize) {
+        (
+            (at >> PLACE_BITS) as usize,
+            (at & ((1 << PLACE_BITS) - 1)) as usize,
+        )
+    }
+
+    fn get(&self, at: u32) -> Option<&Slot> {
+        let (chunk, place) = Slab::place(at);
+        self.chunks.get(chunk)?.get(place)?.as_ref()
+    }
+
+    fn get_mut(&mut self, at: u32) -> Option<&mut Slot> {
+        let (chunk, place) = Slab::place(at);
+        self.chunks.get_mut(chunk)?.get_mut(place)?.as_mut()
+    }
+
+    fn insert(&mut self, slot: Slot) -> u32 {
+        if let Some(at) = self.free.pop() {
+            let (chunk, place) = Slab::place(at);
+            if let Some(s) = self.chunks.get_mut(chunk).and_then(|c| c.get_mut(place)) {
+                *s = Some(slot);
+                return at;
+            }
+        }
+        let n = self.chunks.len();
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < Slab::chunk_len(n - 1) => {
+                last.push(Some(slot));
+                (((n - 1) as u32) << PLACE_BITS) | (last.len() - 1) as u32
+            }
+            _ => {
+                let mut chunk = Vec::with_capacity(Slab::chunk_len(n));
+                chunk.push(Some(slot));
+                self.chunks.push(chunk);
+                // 2^22 chunks of 585 slots or more: billions of keys, far past memory.
+                (n as u32) << PLACE_BITS
+            }
+        }
+    }
+
+    fn remove(&mut self, at: u32) -> Option<Slot> {
+        let (chunk, place) = Slab::place(at);
+        let slot = self.chunks.get_mut(chunk)?.get_mut(place)?.take()?;
+        self.free.push(at);
+        Some(slot)
+    }
+
+    fn bytes(&self) -> usize {
+        let slot = std::mem::size_of::<Option<Slot>>();
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|c| crate::alloc::block_size(c.capacity() * slot))
+            .sum::<usize>();
+        chunks
+            + self.chunks.capacity() * std::mem::size_of::<Vec<Option<Slot>>>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -120,32 +260,31 @@ mod tests {
         KeyVal::One(HashValue(Value::Int(i)))
     }
 
+    fn slot(i: i64) -> Slot {
+        let mut slot = Slot::new(key(i), KeyState::default());
+        slot.scheduled = i;
+        slot
+    }
+
     #[test]
     fn slots_are_found_replaced_and_removed_by_their_key() {
         let mut t = KeyTable::default();
         for i in 0..1_000 {
-            match t.entry(t.hash(&key(i)), &key(i)) {
-                Entry::Vacant(v) => {
-                    let mut slot = Slot::new(key(i), KeyState::default());
-                    slot.scheduled = i;
-                    v.insert(slot);
-                }
-                Entry::Occupied(_) => panic!("{i} is new"),
-            }
+            let h = t.hash(&key(i));
+            assert_eq!(t.find(h, &key(i)), None, "{i} is new");
+            let at = t.add(h, slot(i));
+            assert_eq!(t.find(h, &key(i)), Some(at));
         }
         assert_eq!(t.len(), 1_000);
-        assert!(matches!(
-            t.entry(t.hash(&key(7)), &key(7)),
-            Entry::Occupied(_)
-        ));
         // A timer finds its key by hash and deadline; a stale timer (another deadline) finds
         // nothing.
         let h = t.hash(&key(9));
-        assert_eq!(t.due(h, 9).map(|s| s.key.clone()), Some(key(9)));
+        let at = t.due(h, 9).unwrap();
+        assert_eq!(t.at_mut(at).map(|s| s.key.clone()), Some(key(9)));
         assert!(t.due(h, 8).is_none());
         assert_eq!(t.get(&key(999)).map(|s| s.scheduled), Some(999));
         t.get_mut(&key(5)).unwrap().scheduled = -5;
-        let mut replaced = Slot::new(key(6), KeyState::default());
+        let mut replaced = slot(6);
         replaced.scheduled = -6;
         t.insert(replaced);
         assert_eq!(t.len(), 1_000);
@@ -166,6 +305,50 @@ mod tests {
             t.iter()
                 .all(|s| matches!(&s.key, KeyVal::One(HashValue(Value::Int(i))) if i % 2 == 1))
         );
-        assert!(t.bytes() >= 500 * 9);
+        assert_eq!(t.iter().count(), 500);
+        // Removed slots are reused before the slab grows.
+        let grown = t.bytes();
+        for i in (0..1_000).step_by(2) {
+            t.insert(slot(i));
+        }
+        assert_eq!(
+            (t.len(), t.iter().count(), t.bytes()),
+            (1_000, 1_000, grown)
+        );
+        assert!(
+            (0..1_000)
+                .step_by(2)
+                .all(|i| t.get(&key(i)).is_some_and(|s| s.scheduled == i))
+        );
+        assert_eq!(t.get(&key(5)).map(|s| s.scheduled), Some(-5));
+        // By position: found, and taken out only under its own hash.
+        let h = t.hash(&key(3));
+        let at = t.find(h, &key(3)).unwrap();
+        assert!(t.remove_at(t.hash(&key(4)), at).is_none());
+        assert_eq!(t.remove_at(h, at).map(|s| s.key), Some(key(3)));
+        assert_eq!(t.find(h, &key(3)), None);
+    }
+
+    #[test]
+    fn a_slot_takes_its_own_size_and_an_empty_table_holds_nothing() {
+        let mut t = KeyTable::default();
+        assert_eq!(t.bytes(), 0);
+        for i in 0..10_000 {
+            t.insert(slot(i));
+        }
+        let size = std::mem::size_of::<Slot>();
+        let per_key = t.bytes() as f64 / 10_000.0;
+        // The slots at their size, the chunks' spare room (less than a 16 KiB chunk) and the
+        // table's index and control byte per bucket (16,384 buckets).
+        assert!(per_key >= (size + 8) as f64, "{per_key}");
+        assert!(per_key <= (size + 8) as f64 + 8.0, "{per_key}");
+        // A few keys hold a few slots.
+        let mut few = KeyTable::default();
+        few.insert(slot(1));
+        assert!(few.bytes() < 8 * size, "{}", few.bytes());
+        for i in 0..10_000 {
+            assert!(t.remove(&key(i)).is_some());
+        }
+        assert_eq!((t.len(), t.bytes()), (0, buckets(t.table.capacity()) * 5));
     }
 }

@@ -1,11 +1,13 @@
-//! A rule's timers: deadlines with their keys, fired in (deadline, scheduling) order.
+//! A rule's timers: deadlines with their keys' hashes, fired in (deadline, scheduling) order.
 //!
 //! Deadlines fall into buckets of about 8.6 seconds (2^33 ns). Only the earliest bucket is kept
 //! sorted; a later one is appended to as deadlines are scheduled, and sorted once, when it
 //! comes up. The sort is stable and a bucket holds its entries in the order they were
-//! scheduled, so equal deadlines fire in that order with no counter stored per entry: an
-//! entry is a deadline and a key (24 bytes, where a binary heap's entry with its counter took
-//! 32), and scheduling, which mostly appends to a later bucket, touches no other entry.
+//! scheduled, so equal deadlines fire in that order with no counter stored per entry; and as
+//! a bucket's number is its map key, an entry needs only its deadline's 33 bits within the
+//! bucket. With a key's 31-bit hash beside them, an entry is 8 bytes (a binary heap's entry of
+//! deadline, counter and key took 32), and scheduling, which mostly appends to a later bucket,
+//! touches no other entry.
 //!
 //! A later bucket is a list of chunks that double from 2 entries up to [`CHUNK`] and then
 //! stay at that size: a bucket of a few timers wastes no more than a vector would, and a
@@ -19,41 +21,60 @@ use crate::event::Nanos;
 /// Deadlines `d` with equal `d >> BUCKET_SHIFT` share a bucket (2^33 ns, about 8.6 s).
 const BUCKET_SHIFT: u32 = 33;
 
-/// Entries in the largest chunk of a later bucket (384 bytes for a 16-byte key).
-const CHUNK: usize = 16;
+/// Bits of a timer's key: the rest of its 64 hold the deadline within its bucket.
+const KEY_BITS: u32 = 64 - BUCKET_SHIFT;
+
+/// The keys a timer can hold: those below 2^31 (a key's hash is cut to this).
+pub const KEY_MASK: u32 = (1 << KEY_BITS) - 1;
+
+/// Entries in the largest chunk of a later bucket (256 bytes).
+const CHUNK: usize = 32;
+
+/// A timer as stored: the deadline within its bucket in the high 33 bits, the key in the low
+/// 31, so that entries of one bucket compare by deadline first.
+type Packed = u64;
 
 /// A later bucket: its entries in scheduling order, in chunks.
-type Chunks<K> = Vec<Vec<(Nanos, K)>>;
+type Chunks = Vec<Vec<Packed>>;
+
+fn pack(deadline: Nanos, key: u32) -> Packed {
+    let within = deadline as u64 & ((1 << BUCKET_SHIFT) - 1);
+    (within << KEY_BITS) | u64::from(key & KEY_MASK)
+}
+
+/// The entry's deadline within its bucket: what entries of one bucket are ordered by.
+fn within(entry: Packed) -> u64 {
+    entry >> KEY_BITS
+}
+
+fn unpack(bucket: i64, entry: Packed) -> (Nanos, u32) {
+    (
+        (bucket << BUCKET_SHIFT) | within(entry) as i64,
+        entry as u32 & KEY_MASK,
+    )
+}
 
 /// Timers of one rule; see the module's documentation.
-#[derive(Debug)]
-pub struct Timers<K> {
+#[derive(Debug, Default)]
+pub struct Timers {
     /// The earliest bucket, sorted by deadline (equal ones in scheduling order).
-    head: VecDeque<(Nanos, K)>,
+    head: VecDeque<Packed>,
     /// The number of the bucket in `head`, while it holds entries.
     head_bucket: Option<i64>,
     /// The other buckets by number, each in scheduling order.
-    later: BTreeMap<i64, Chunks<K>>,
+    later: BTreeMap<i64, Chunks>,
 }
 
-impl<K> Default for Timers<K> {
-    fn default() -> Self {
-        Timers {
-            head: VecDeque::new(),
-            head_bucket: None,
-            later: BTreeMap::new(),
-        }
-    }
-}
-
-impl<K> Timers<K> {
-    /// Schedules `key` at `deadline`, after every timer already scheduled at that deadline.
-    pub fn push(&mut self, deadline: Nanos, key: K) {
+impl Timers {
+    /// Schedules `key` (its low 31 bits) at `deadline`, after every timer already scheduled
+    /// at that deadline.
+    pub fn push(&mut self, deadline: Nanos, key: u32) {
         let bucket = deadline >> BUCKET_SHIFT;
+        let entry = pack(deadline, key);
         match self.head_bucket {
             Some(head) if bucket == head => {
-                let at = self.head.partition_point(|(d, _)| *d <= deadline);
-                self.head.insert(at, (deadline, key));
+                let at = self.head.partition_point(|e| within(*e) <= within(entry));
+                self.head.insert(at, entry);
             }
             Some(head) if bucket < head => {
                 // An earlier bucket: the head goes back among the others. It is sorted, and
@@ -61,25 +82,26 @@ impl<K> Timers<K> {
                 // sorting it again when it comes up keeps equal deadlines in order.
                 let returned = Vec::from(std::mem::take(&mut self.head));
                 self.later.insert(head, vec![returned]);
-                self.head = VecDeque::from(vec![(deadline, key)]);
+                self.head = VecDeque::from(vec![entry]);
                 self.head_bucket = Some(bucket);
             }
-            Some(_) => append(self.later.entry(bucket).or_default(), (deadline, key)),
+            Some(_) => append(self.later.entry(bucket).or_default(), entry),
             None => {
-                append(self.later.entry(bucket).or_default(), (deadline, key));
+                append(self.later.entry(bucket).or_default(), entry);
                 self.take_next_bucket();
             }
         }
     }
 
-    /// The earliest timer.
-    pub fn peek(&self) -> Option<&(Nanos, K)> {
-        self.head.front()
+    /// The earliest timer: its deadline and key.
+    pub fn peek(&self) -> Option<(Nanos, u32)> {
+        Some(unpack(self.head_bucket?, *self.head.front()?))
     }
 
     /// Removes the earliest timer.
-    pub fn pop(&mut self) -> Option<(Nanos, K)> {
-        let first = self.head.pop_front()?;
+    pub fn pop(&mut self) -> Option<(Nanos, u32)> {
+        let bucket = self.head_bucket?;
+        let first = unpack(bucket, self.head.pop_front()?);
         if self.head.is_empty() {
             self.head_bucket = None;
             self.take_next_bucket();
@@ -89,10 +111,10 @@ impl<K> Timers<K> {
 
     /// Bytes held for entries, with the spare capacity of each bucket.
     pub fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<(Nanos, K)>();
+        let entry = std::mem::size_of::<Packed>();
         // A B-tree node holds up to 11 buckets: about a word and a vector each.
-        let per_bucket = std::mem::size_of::<(i64, Chunks<K>)>() + 8;
-        let per_chunk = std::mem::size_of::<Vec<(Nanos, K)>>();
+        let per_bucket = std::mem::size_of::<(i64, Chunks)>() + 8;
+        let per_chunk = std::mem::size_of::<Vec<Packed>>();
         let later = self.later.values().map(|chunks| {
             per_bucket
                 + chunks.capacity() * per_chunk
@@ -112,8 +134,9 @@ impl<K> Timers<K> {
                     all
                 }
             };
-            // Stable: equal deadlines stay in the order they were scheduled.
-            entries.sort_by_key(|(d, _)| *d);
+            // Stable, and by deadline alone: equal deadlines stay in the order they were
+            // scheduled, whatever their keys.
+            entries.sort_by_key(|e| within(*e));
             self.head = VecDeque::from(entries);
             self.head_bucket = Some(bucket);
         }
@@ -122,7 +145,7 @@ impl<K> Timers<K> {
 
 /// Appends to a later bucket: into its last chunk while it has room, else into a new chunk
 /// twice the last one's size, up to [`CHUNK`].
-fn append<K>(chunks: &mut Chunks<K>, entry: (Nanos, K)) {
+fn append(chunks: &mut Chunks, entry: Packed) {
     match chunks.last_mut() {
         Some(last) if last.len() < last.capacity() => last.push(entry),
         last => {
@@ -141,7 +164,7 @@ fn append<K>(chunks: &mut Chunks<K>, entry: (Nanos, K)) {
 
 /// What the tests check the buckets against (the engine needs neither).
 #[cfg(test)]
-impl<K> Timers<K> {
+impl Timers {
     /// Timers scheduled and not yet popped.
     fn len(&self) -> usize {
         let later = self.later.values().flatten().map(Vec::len);
@@ -193,17 +216,19 @@ mod tests {
             for (seq, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Push(d) => {
-                        timers.push(d, seq);
-                        heap.push(Reverse((d, seq)));
+                        // Keys past 31 bits are cut: scheduling order, not the key, breaks ties.
+                        let key = (seq as u32).wrapping_mul(0x9E37_79B9);
+                        timers.push(d, key);
+                        heap.push(Reverse((d, seq, key & KEY_MASK)));
                     }
-                    Op::Pop => prop_assert_eq!(timers.pop(), heap.pop().map(|Reverse(t)| t)),
+                    Op::Pop => prop_assert_eq!(timers.pop(), heap.pop().map(|Reverse((d, _, k))| (d, k))),
                 }
-                prop_assert_eq!(timers.peek().copied(), heap.peek().map(|Reverse(t)| *t));
+                prop_assert_eq!(timers.peek(), heap.peek().map(|Reverse((d, _, k))| (*d, *k)));
                 prop_assert_eq!(timers.len(), heap.len());
                 prop_assert_eq!(timers.is_empty(), heap.is_empty());
             }
-            while let Some(Reverse(want)) = heap.pop() {
-                prop_assert_eq!(timers.pop(), Some(want));
+            while let Some(Reverse((d, _, k))) = heap.pop() {
+                prop_assert_eq!(timers.pop(), Some((d, k)));
             }
             prop_assert_eq!(timers.pop(), None);
         }
@@ -213,15 +238,26 @@ mod tests {
     fn equal_deadlines_fire_in_scheduling_order_across_a_returned_head() {
         let bucket = 1 << BUCKET_SHIFT;
         let mut t = Timers::default();
-        t.push(5 * bucket, "a");
-        t.push(5 * bucket, "b");
+        // Keys in descending order, so that ordering by key would be caught.
+        t.push(5 * bucket, 90);
+        t.push(5 * bucket, 80);
         // An earlier bucket sends the head back; later entries of its bucket follow it.
-        t.push(2 * bucket, "early");
-        t.push(5 * bucket, "c");
-        t.push(5 * bucket - 1, "before");
-        t.push(5 * bucket, "d");
-        let order: Vec<_> = std::iter::from_fn(|| t.pop()).map(|(_, k)| k).collect();
-        assert_eq!(order, ["early", "before", "a", "b", "c", "d"]);
+        t.push(2 * bucket, 99);
+        t.push(5 * bucket, 70);
+        t.push(5 * bucket - 1, 98);
+        t.push(5 * bucket, 60);
+        let order: Vec<_> = std::iter::from_fn(|| t.pop()).collect();
+        assert_eq!(
+            order,
+            [
+                (2 * bucket, 99),
+                (5 * bucket - 1, 98),
+                (5 * bucket, 90),
+                (5 * bucket, 80),
+                (5 * bucket, 70),
+                (5 * bucket, 60)
+            ]
+        );
         assert!(t.is_empty());
     }
 
@@ -229,15 +265,15 @@ mod tests {
     fn bytes_count_every_entry_and_little_spare() {
         let mut t = Timers::default();
         // 10,000 deadlines over 30 s, as 10,000 keys with a 30 s `within` would hold.
-        for i in 0..10_000i64 {
-            t.push(i * 3_000_000, i);
+        for i in 0..10_000u32 {
+            t.push(i64::from(i) * 3_000_000, i);
         }
-        let entry = std::mem::size_of::<(Nanos, i64)>();
-        assert_eq!(entry, 16);
+        let entry = std::mem::size_of::<Packed>();
+        assert_eq!(entry, 8);
         assert_eq!(t.len(), 10_000);
         assert!(t.heap_bytes() >= 10_000 * entry, "{}", t.heap_bytes());
-        // The chunks' room and their bookkeeping (a 16-byte entry here: a quarter at most),
+        // The chunks' room and their bookkeeping (half an 8-byte entry at most),
         // where a doubling vector could leave up to half its room empty.
-        assert!(t.heap_bytes() <= 12_500 * entry, "{}", t.heap_bytes());
+        assert!(t.heap_bytes() <= 15_000 * entry, "{}", t.heap_bytes());
     }
 }

@@ -1174,7 +1174,7 @@ impl Worker {
             .runs
             .iter()
             .map(|run| {
-                let step = nfa.map(|n| n.state_name(run.state)).unwrap_or_default();
+                let step = nfa.map(|n| n.state_name(run.state())).unwrap_or_default();
                 let events: Vec<serde_json::Value> = state
                     .buffer
                     .chain(run.tail)
