@@ -2,7 +2,8 @@
 //!
 //! Each key lives inside its slot, beside its state, and the slots live in a slab of chunks,
 //! so that a bucket of the table is a 32-bit index and a control byte, and a slot takes its
-//! own size rather than the allocator's next size class. A map from key to boxed state spent
+//! own size rather than the allocator's next size class. Keys that leave give their slots
+//! back: to the next key, and to the allocator once most of the slab is empty. A map from key to boxed state spent
 //! 25 bytes a bucket (a 16-byte key, the pointer, the control byte), and the table keeps up to
 //! half its buckets spare: about 42 bytes per key, against about 8 here.
 
@@ -77,8 +78,24 @@ impl KeyTable {
         if self.table.is_empty() {
             // A rule with no keys left holds nothing.
             self.slab = Slab::default();
+        } else if self.slab.capacity >= COMPACT_FROM && self.table.len() * 4 <= self.slab.capacity {
+            self.compact();
         }
         slot
+    }
+
+    /// Moves the slots into a slab of their number, so that keys that left give their memory
+    /// back: once three quarters of the slab are empty, which makes the cost, one move per
+    /// slot, at most a third of a move per key removed since the slab was last that full.
+    /// Timers hold keys' hashes, not positions, so only the table's indices change.
+    fn compact(&mut self) {
+        let mut slab = Slab::default();
+        for at in self.table.iter_mut() {
+            if let Some(slot) = self.slab.remove(*at) {
+                *at = slab.insert(slot);
+            }
+        }
+        self.slab = slab;
     }
 
     /// The slot of `key`.
@@ -160,6 +177,9 @@ fn buckets(capacity: usize) -> usize {
     }
 }
 
+/// Slabs of fewer slots are not compacted: a few empty slots cost less than moving the rest.
+const COMPACT_FROM: usize = 1024;
+
 /// Bits of a slot's index that place it within its chunk; the rest number the chunk.
 const PLACE_BITS: u32 = 10;
 
@@ -175,6 +195,8 @@ struct Slab {
     chunks: Vec<Vec<Option<Slot>>>,
     /// Indices of slots emptied since, reused first.
     free: Vec<u32>,
+    /// Slots of all the chunks, full or not.
+    capacity: usize,
 }
 
 // A slot's absence costs no space: its key's kind has spare values.
@@ -221,6 +243,7 @@ impl Slab {
             _ => {
                 let mut chunk = Vec::with_capacity(Slab::chunk_len(n));
                 chunk.push(Some(slot));
+                self.capacity += Slab::chunk_len(n);
                 self.chunks.push(chunk);
                 // 2^22 chunks of 585 slots or more: billions of keys, far past memory.
                 (n as u32) << PLACE_BITS
@@ -307,12 +330,12 @@ mod tests {
         );
         assert_eq!(t.iter().count(), 500);
         // Removed slots are reused before the slab grows.
-        let grown = t.bytes();
+        let grown = t.slab.bytes();
         for i in (0..1_000).step_by(2) {
             t.insert(slot(i));
         }
         assert_eq!(
-            (t.len(), t.iter().count(), t.bytes()),
+            (t.len(), t.iter().count(), t.slab.bytes()),
             (1_000, 1_000, grown)
         );
         assert!(
@@ -350,5 +373,34 @@ mod tests {
             assert!(t.remove(&key(i)).is_some());
         }
         assert_eq!((t.len(), t.bytes()), (0, buckets(t.table.capacity()) * 5));
+    }
+
+    #[test]
+    fn keys_that_leave_give_their_slots_back() {
+        let mut t = KeyTable::default();
+        for i in 0..10_000 {
+            t.insert(slot(i));
+        }
+        let slab = t.slab.bytes();
+        // Nine in ten leave, in no order the slab was filled in.
+        for i in (0..10_000).filter(|i| i % 10 != 3) {
+            assert!(t.remove(&key(i)).is_some());
+        }
+        assert_eq!(t.len(), 1_000);
+        // Compacted when a quarter was left (2,500 keys), not since.
+        assert!(t.slab.bytes() * 3 < slab, "{} of {slab}", t.slab.bytes());
+        assert!(t.slab.capacity < 4 * 1_000, "{}", t.slab.capacity);
+        // Those left are found where the table says, with their state.
+        assert!((0..10_000).all(|i| {
+            let found = t.get(&key(i)).map(|s| s.scheduled);
+            found == (i % 10 == 3).then_some(i)
+        }));
+        assert_eq!(t.iter().count(), 1_000);
+        for i in (3..10_000).step_by(10) {
+            let h = t.hash(&key(i));
+            let at = t.find(h, &key(i)).unwrap();
+            assert_eq!(t.remove_at(h, at).map(|s| s.scheduled), Some(i));
+        }
+        assert_eq!((t.len(), t.slab.bytes()), (0, 0));
     }
 }
