@@ -2,10 +2,10 @@
 //!
 //! Each key lives inside its slot, beside its state, and the slots live in a slab of chunks,
 //! so that a bucket of the table is a 32-bit index and a control byte, and a slot takes its
-//! own size rather than the allocator's next size class. Keys that leave give their slots
-//! back: to the next key, and to the allocator once most of the slab is empty. A map from key to boxed state spent
+//! own size rather than the allocator's next size class. A map from key to boxed state spent
 //! 25 bytes a bucket (a 16-byte key, the pointer, the control byte), and the table keeps up to
-//! half its buckets spare: about 42 bytes per key, against about 8 here.
+//! half its buckets spare: about 42 bytes per key, against about 8 here. Keys that leave give
+//! their slots back: to the next key, and to the allocator once most of the slab is empty.
 
 use hashbrown::HashTable;
 
