@@ -1201,6 +1201,11 @@ mod tests {
 
     /// An engine over one camera stream (no lateness) and `rules`.
     fn camera_engine(rules: &str) -> Engine {
+        Engine::new(Arc::new(camera_program(rules))).unwrap()
+    }
+
+    /// One camera stream (no lateness) and `rules`, checked.
+    fn camera_program(rules: &str) -> Program {
         let text = format!(
             "stream cam {{ camera_id: string, ts: timestamp, speed: float, time ts }}\n{rules}"
         );
@@ -1212,7 +1217,7 @@ mod tests {
             &["stdout".to_string()],
         );
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
-        Engine::new(Arc::new(program)).unwrap()
+        program
     }
 
     /// A reading of camera `cam-7`, its string decoded anew as from the wire.
@@ -1371,19 +1376,10 @@ mod tests {
     fn a_pattern_of_more_states_than_a_run_can_hold_is_refused() {
         // 66 counted steps of 1,000 each: 66,000 states, past the 16 bits a run holds.
         let steps: Vec<String> = (0..66).map(|i| format!("s{i}: cam{{1000}}")).collect();
-        let text = format!(
-            "stream cam {{ camera_id: string, ts: timestamp, speed: float, time ts }}\n\
-             rule big {{ from cam key camera_id match {} within 1h emit big {{ }} }}",
+        let program = camera_program(&format!(
+            "rule big {{ from cam key camera_id match {} within 1h emit big {{ }} }}",
             steps.join(" followed by ")
-        );
-        let mut sources = crate::lang::source::Sources::new();
-        let (program, diags) = crate::compile::check_text(
-            &mut sources,
-            &[("r.tern", &text)],
-            Vec::new(),
-            &["stdout".to_string()],
-        );
-        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        ));
         let err = Engine::new(Arc::new(program)).err().map(|e| e.to_string());
         assert!(
             err.as_deref()
