@@ -30,7 +30,59 @@ pub struct Ctx<'a> {
 
 /// Evaluates a condition: true only for `Bool(true)` (null and errors are false).
 pub fn test(e: &TExpr, ctx: &Ctx<'_>) -> bool {
-    matches!(eval(e, ctx), Value::Bool(true))
+    truth(e, ctx) == Some(true)
+}
+
+/// What [`eval`] gives a condition, as a bool, or `None` for anything else (null): the same
+/// operands evaluated in the same order, without building a [`Value`] for each comparison
+/// and each `and` or `or` joining them, which is most of what conditions are.
+fn truth(e: &TExpr, ctx: &Ctx<'_>) -> Option<bool> {
+    use BinaryOp::*;
+    match &e.kind {
+        TExprKind::Binary { op, lhs, rhs } => match op {
+            Eq | Ne | Lt | Le | Gt | Ge => Some(compares(*op, lhs, rhs, ctx)),
+            And => match truth(lhs, ctx) {
+                Some(false) => Some(false),
+                l => match (l, truth(rhs, ctx)) {
+                    (Some(true), r) => r,
+                    (_, Some(false)) => Some(false),
+                    _ => None,
+                },
+            },
+            Or => match truth(lhs, ctx) {
+                Some(true) => Some(true),
+                l => match (l, truth(rhs, ctx)) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
+            },
+            _ => bool_of(eval(e, ctx)),
+        },
+        _ => bool_of(eval(e, ctx)),
+    }
+}
+
+fn bool_of(v: Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// A comparison: false when either side is null or they do not compare.
+fn compares(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> bool {
+    use BinaryOp::*;
+    let l = operand(lhs, ctx);
+    let r = operand(rhs, ctx);
+    compare_ref(l.get(), r.get()).is_some_and(|ord| match op {
+        Eq => ord.is_eq(),
+        Ne => !ord.is_eq(),
+        Lt => ord.is_lt(),
+        Le => ord.is_le(),
+        Gt => ord.is_gt(),
+        _ => ord.is_ge(),
+    })
 }
 
 /// Evaluates an expression.
@@ -170,21 +222,7 @@ fn binary(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> Value {
             Value::Null => eval(rhs, ctx),
             v => v,
         },
-        Eq | Ne | Lt | Le | Gt | Ge => {
-            let l = operand(lhs, ctx);
-            let r = operand(rhs, ctx);
-            match compare_ref(l.get(), r.get()) {
-                None => Value::Bool(false),
-                Some(ord) => Value::Bool(match op {
-                    Eq => ord.is_eq(),
-                    Ne => !ord.is_eq(),
-                    Lt => ord.is_lt(),
-                    Le => ord.is_le(),
-                    Gt => ord.is_gt(),
-                    _ => ord.is_ge(),
-                }),
-            }
-        }
+        Eq | Ne | Lt | Le | Gt | Ge => Value::Bool(compares(op, lhs, rhs, ctx)),
         Add | Sub | Mul | Div | Rem => arith(op, eval(lhs, ctx), eval(rhs, ctx)),
     }
 }
@@ -480,5 +518,92 @@ fn call(func: Builtin, args: &[TExpr], ctx: &Ctx<'_>) -> Value {
             Value::Duration(d) => Value::Float(d as f64 / 1e9),
             _ => Value::Null,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::hir::Ty;
+
+    fn expr(kind: TExprKind) -> TExpr {
+        TExpr { kind, ty: Ty::Bool }
+    }
+
+    fn cmp(op: BinaryOp, field: u16) -> TExpr {
+        expr(TExprKind::Binary {
+            op,
+            lhs: Box::new(expr(TExprKind::Field(field))),
+            rhs: Box::new(expr(TExprKind::Const(Value::Float(20.0)))),
+        })
+    }
+
+    #[test]
+    fn conditions_are_true_exactly_when_they_evaluate_to_true() {
+        // Fields: a float under 20, a null, a true, a null bool, a string.
+        let event = Event::new(
+            0,
+            0,
+            [
+                Value::Float(10.0),
+                Value::Null,
+                Value::Bool(true),
+                Value::Null,
+                Value::Str("x".into()),
+            ],
+        );
+        let buffer = Buffer::default();
+        let ctx = Ctx {
+            candidate: Some(&event),
+            buffer: &buffer,
+            tail: NIL,
+            key: &Value::Null,
+            accumulated: &[],
+            key_fields: &[],
+        };
+        let mut atoms = Vec::new();
+        for op in [
+            BinaryOp::Eq,
+            BinaryOp::Ne,
+            BinaryOp::Lt,
+            BinaryOp::Le,
+            BinaryOp::Gt,
+            BinaryOp::Ge,
+        ] {
+            for field in [0, 1, 4] {
+                atoms.push(cmp(op, field));
+            }
+        }
+        atoms.extend([
+            expr(TExprKind::Field(2)),
+            expr(TExprKind::Field(3)),
+            expr(TExprKind::Const(Value::Bool(false))),
+            expr(TExprKind::Not(Box::new(expr(TExprKind::Field(3))))),
+        ]);
+        let mut all = atoms.clone();
+        for l in &atoms {
+            for r in &atoms {
+                for op in [BinaryOp::And, BinaryOp::Or] {
+                    all.push(expr(TExprKind::Binary {
+                        op,
+                        lhs: Box::new(l.clone()),
+                        rhs: Box::new(r.clone()),
+                    }));
+                }
+            }
+        }
+        let (mut held, mut null) = (0, 0);
+        for e in &all {
+            let full = eval(e, &ctx);
+            assert_eq!(truth(e, &ctx), bool_of(full.clone()), "{e:?}");
+            assert_eq!(test(e, &ctx), full == Value::Bool(true), "{e:?}");
+            held += usize::from(full == Value::Bool(true));
+            null += usize::from(full == Value::Null);
+        }
+        // Every outcome is covered: true, false and null.
+        assert!(
+            held > 0 && null > 0 && held + null < all.len(),
+            "{held} {null}"
+        );
     }
 }
