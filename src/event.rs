@@ -147,11 +147,11 @@ impl ValueRef<'_> {
 ///
 /// One reference-counted block holds a 14-byte header (time, count, stream, length), the
 /// values' kinds (four bits each: the first four fill the header's 16 bytes), then the
-/// values, 8 bytes each (a string as a pointer to its shared text). An event costs one allocation to build
-/// and one to free however many rules and keys share it, and cloning it is a count
-/// increment. The handle is one pointer wide. Every key holding a partial match keeps an
-/// event, so the block is kept small: a value's kind takes four bits, and the count 16
-/// (a clone past half of that copies the event instead), so that an event of four values
+/// values, 8 bytes each (a string as a pointer to its shared text). An event costs one
+/// allocation to build and one to free however many rules and keys share it, and cloning it
+/// is a count increment. The handle is one pointer wide. Every key holding a partial match
+/// keeps an event, so the block is kept small: a value's kind takes four bits, and the count
+/// 16 (a clone past half of that copies the event instead), so that an event of four values
 /// is 48 bytes, where a generic thin `Arc` spends 32 on its header alone.
 pub struct Event(NonNull<Head>);
 
@@ -262,7 +262,8 @@ fn own(tag: u8, slot: &Slot) -> Value {
 /// Writes `v` over a slot whose tag is `tag`, dropping the string it held; returns the new tag.
 fn put(tag: u8, slot: &mut Slot, v: Value) -> u8 {
     if tag == tag::STR {
-        // SAFETY: the tag says the slot holds a string, dropped once: the tag changes below.
+        // SAFETY: the tag says the slot holds a string, dropped once: the caller writes the
+        // tag returned below over it.
         unsafe { ManuallyDrop::drop(&mut slot.text) }
     }
     let (t, bits) = match v {

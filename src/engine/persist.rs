@@ -290,8 +290,15 @@ mod tests {
         // not cut.
         let mut wide = old;
         wide.next_seq = 1 << 32;
-        let wide = postcard::to_allocvec(&wide).unwrap();
-        assert!(postcard::from_bytes::<KeyState>(&wide).is_err());
+        let bytes = postcard::to_allocvec(&wide).unwrap();
+        assert!(postcard::from_bytes::<KeyState>(&bytes).is_err());
+        // So is a run's state beyond 16 bits (the compiler refuses such rules).
+        wide.next_seq = 4;
+        let bytes = postcard::to_allocvec(&wide).unwrap();
+        assert!(postcard::from_bytes::<KeyState>(&bytes).is_ok());
+        wide.runs[0].state = 1 << 16;
+        let bytes = postcard::to_allocvec(&wide).unwrap();
+        assert!(postcard::from_bytes::<KeyState>(&bytes).is_err());
 
         let parts = vec![
             HashValue(Value::Str("line-3".into())),

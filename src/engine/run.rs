@@ -72,7 +72,7 @@ impl Run {
         Run::new(0, u64::MAX, seq, time, NIL, 0)
     }
 
-    /// A run in `state`, fresh, neither completed nor an absence.
+    /// A run in `state`, not fresh, neither completed nor an absence.
     pub(super) fn new(
         state: StateId,
         alive: u64,
