@@ -73,9 +73,15 @@ fn bool_of(v: Value) -> Option<bool> {
 /// A comparison: false when either side is null or they do not compare.
 fn compares(op: BinaryOp, lhs: &TExpr, rhs: &TExpr, ctx: &Ctx<'_>) -> bool {
     use BinaryOp::*;
-    let l = operand(lhs, ctx);
-    let r = operand(rhs, ctx);
-    compare_ref(l.get(), r.get()).is_some_and(|ord| match op {
+    let order = match (&lhs.kind, &rhs.kind) {
+        // The commonest condition, a field of the event against a constant, read directly.
+        (TExprKind::Field(i), TExprKind::Const(c)) => {
+            let field = ctx.candidate.and_then(|ev| ev.get(*i as usize));
+            compare_ref(field.unwrap_or(ValueRef::Null), c.borrowed())
+        }
+        _ => compare_ref(operand(lhs, ctx).get(), operand(rhs, ctx).get()),
+    };
+    order.is_some_and(|ord| match op {
         Eq => ord.is_eq(),
         Ne => !ord.is_eq(),
         Lt => ord.is_lt(),
@@ -589,6 +595,37 @@ mod tests {
                         lhs: Box::new(l.clone()),
                         rhs: Box::new(r.clone()),
                     }));
+                }
+            }
+        }
+        // A field against a constant is read directly; the constant against the field goes
+        // the general way, and must agree.
+        for (op, flipped) in [
+            (BinaryOp::Eq, BinaryOp::Eq),
+            (BinaryOp::Ne, BinaryOp::Ne),
+            (BinaryOp::Lt, BinaryOp::Gt),
+            (BinaryOp::Le, BinaryOp::Ge),
+            (BinaryOp::Gt, BinaryOp::Lt),
+            (BinaryOp::Ge, BinaryOp::Le),
+        ] {
+            for field in 0..6 {
+                for c in [
+                    Value::Float(20.0),
+                    Value::Float(10.0),
+                    Value::Int(10),
+                    Value::Null,
+                ] {
+                    let direct = expr(TExprKind::Binary {
+                        op,
+                        lhs: Box::new(expr(TExprKind::Field(field))),
+                        rhs: Box::new(expr(TExprKind::Const(c.clone()))),
+                    });
+                    let general = expr(TExprKind::Binary {
+                        op: flipped,
+                        lhs: Box::new(expr(TExprKind::Const(c.clone()))),
+                        rhs: Box::new(expr(TExprKind::Field(field))),
+                    });
+                    assert_eq!(test(&direct, &ctx), test(&general, &ctx), "{direct:?}");
                 }
             }
         }
