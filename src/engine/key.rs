@@ -64,7 +64,7 @@ pub enum KeyVal {
     /// One key field.
     One(HashValue),
     /// Several key fields, in the order of the key clause (behind a thin pointer, so a key
-    /// is 16 bytes: it is in every map bucket and timer).
+    /// is 16 bytes: it is in every key's slot).
     Many(Arc<Vec<HashValue>>),
 }
 
