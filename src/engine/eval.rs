@@ -567,15 +567,17 @@ mod tests {
             accumulated: &[],
             key_fields: &[],
         };
+        // Each comparison, and the one that says the same with its operands swapped.
+        let comparisons = [
+            (BinaryOp::Eq, BinaryOp::Eq),
+            (BinaryOp::Ne, BinaryOp::Ne),
+            (BinaryOp::Lt, BinaryOp::Gt),
+            (BinaryOp::Le, BinaryOp::Ge),
+            (BinaryOp::Gt, BinaryOp::Lt),
+            (BinaryOp::Ge, BinaryOp::Le),
+        ];
         let mut atoms = Vec::new();
-        for op in [
-            BinaryOp::Eq,
-            BinaryOp::Ne,
-            BinaryOp::Lt,
-            BinaryOp::Le,
-            BinaryOp::Gt,
-            BinaryOp::Ge,
-        ] {
+        for (op, _) in comparisons {
             for field in [0, 1, 4] {
                 atoms.push(cmp(op, field));
             }
@@ -600,14 +602,7 @@ mod tests {
         }
         // A field against a constant is read directly; the constant against the field goes
         // the general way, and must agree.
-        for (op, flipped) in [
-            (BinaryOp::Eq, BinaryOp::Eq),
-            (BinaryOp::Ne, BinaryOp::Ne),
-            (BinaryOp::Lt, BinaryOp::Gt),
-            (BinaryOp::Le, BinaryOp::Ge),
-            (BinaryOp::Gt, BinaryOp::Lt),
-            (BinaryOp::Ge, BinaryOp::Le),
-        ] {
+        for (op, flipped) in comparisons {
             for field in 0..6 {
                 for c in [
                     Value::Float(20.0),

@@ -37,7 +37,7 @@ fn ranks(mut values: Vec<u32>) -> impl Fn(u32) -> u32 {
 /// A partial match. The time of its last event, which bounds its waits, is its last entry's
 /// event's ([`KeyState::last_time`]); it is stored as a field all the same (`StoredRun`).
 ///
-/// 32 bytes, so that a key holding one run and one entry takes 104: the state in 16 bits
+/// 32 bytes, so that a key holding one run and one entry takes 96: the state in 16 bits
 /// (the compiler refuses more states, [`crate::compile::nfa::MAX_STATES`]) and two of the
 /// three flags in one byte; `fresh` stays a `bool`, whose spare values tell [`Inline`]'s
 /// shapes apart.

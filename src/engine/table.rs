@@ -91,7 +91,7 @@ impl KeyTable {
     fn compact(&mut self) {
         let mut slab = Slab::default();
         for at in self.table.iter_mut() {
-            if let Some(slot) = self.slab.remove(*at) {
+            if let Some(slot) = self.slab.take(*at) {
                 *at = slab.insert(slot);
             }
         }
@@ -252,10 +252,15 @@ impl Slab {
     }
 
     fn remove(&mut self, at: u32) -> Option<Slot> {
-        let (chunk, place) = Slab::place(at);
-        let slot = self.chunks.get_mut(chunk)?.get_mut(place)?.take()?;
+        let slot = self.take(at)?;
         self.free.push(at);
         Some(slot)
+    }
+
+    /// Takes the slot at `at` out without noting its place as free (the slab is going).
+    fn take(&mut self, at: u32) -> Option<Slot> {
+        let (chunk, place) = Slab::place(at);
+        self.chunks.get_mut(chunk)?.get_mut(place)?.take()
     }
 
     fn bytes(&self) -> usize {
