@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The replay benchmarks in one table: P1, P2 and P3 replayed by `tern replay --stats` over the
 # same workload file (JSON decoding included), in memory on one engine thread, sharded over
-# two engine threads (`--workers 2`, plus the reader thread), and with durable state, beside
+# two engine threads (`--workers 2`, plus the thread that reads), and with durable state, beside
 # the hand-written P1 loop (benches/p1_baseline.rs) that bounds what P1 can cost.
 #
 #   benches/replay.sh [EVENTS] [KEYS]       (defaults: 5000000 events, 10000 keys)

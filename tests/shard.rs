@@ -189,6 +189,85 @@ fn explicit_watermarks_reach_every_worker() {
 }
 
 #[test]
+fn rejected_lines_reach_the_dead_letter_file_as_from_one_engine() {
+    // The workers split JSON Lines themselves, a block of about 1 MiB at a time: bad,
+    // blank, late and CRLF lines spread over many blocks, and a last line without its
+    // newline, give one engine's dead letters, line numbers and all, in the same order.
+    let dir = scratch("dead_letters");
+    let input = workload(&dir);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let messy = dir.join("messy.jsonl");
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        match i % 997 {
+            5 => out.push_str("not json\n"),
+            6 => out.push_str("\n   \n"),
+            7 => out.push_str(
+                "{\"camera_id\":\"cam-00001\",\"ts\":\"soon\",\"speed\":1.0,\"occupancy\":1.0}\n",
+            ),
+            // Long before anything read so far: late.
+            8 => out.push_str(
+                "{\"camera_id\":\"cam-00002\",\"ts\":1000,\"speed\":1.0,\"occupancy\":1.0}\n",
+            ),
+            9 => {
+                out.push_str(line);
+                out.push_str("\r\n");
+                continue;
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("{\"camera_id\":\"cam-00003\",\"ts\":1,\"speed\":1.0}");
+    assert!(out.len() > 3 << 20, "too few blocks: {}", out.len());
+    std::fs::write(&messy, out).unwrap();
+    let messy = messy.to_string_lossy().into_owned();
+    let workload = repo("benches/workload.tern");
+    let p1 = repo("benches/p1.tern");
+    let dead = |workers: u16| {
+        let file = dir.join(format!("dead-{workers}.jsonl"));
+        let path = file.to_string_lossy().into_owned();
+        let args = [
+            "--input",
+            &messy,
+            "--rules",
+            &workload,
+            &p1,
+            "--dead-letter",
+            &path,
+        ];
+        let run = replay(&args, workers);
+        (run, std::fs::read_to_string(&file).unwrap())
+    };
+    let (one, letters) = dead(1);
+    let reasons = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with("rejected"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(one.stat("late") > 40, "{}", one.stderr);
+    // Per 997 lines, a line of no JSON and one of a bad time; the last line lacks a field.
+    assert_eq!(
+        letters.lines().count() as u64,
+        one.stat("late") + 2 * 51 + 1,
+        "{letters}"
+    );
+    assert!(letters.contains("\"line\":6,"), "{letters}");
+    for workers in [2, 3] {
+        let (n, got) = dead(workers);
+        assert_eq!(n.alerts, one.alerts, "{workers} workers: alerts differ");
+        assert_eq!(
+            reasons(&n.stderr),
+            reasons(&one.stderr),
+            "{workers} workers"
+        );
+        assert_eq!(got, letters, "{workers} workers: dead letters differ");
+    }
+}
+
+#[test]
 fn bundled_rules_over_a_simulated_fleet_give_the_same_alerts() {
     // Captures of the demo fleet (cameras, detectors, lines, furnaces, heartbeats, with late
     // and malformed messages) for 40 simulated minutes, decoded by the device profiles.

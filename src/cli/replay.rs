@@ -13,6 +13,7 @@ use crate::compile::hir::Program;
 use crate::engine::Engine;
 use crate::engine::alert::Alert;
 use crate::io::input::{self, BadLine, Record};
+use crate::io::shard::Rejected;
 
 /// Input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,9 +66,9 @@ pub struct ReplayArgs {
     /// With `--state`: wait for the disk on every write, as `tern run` does by default.
     #[arg(long)]
     pub state_sync: bool,
-    /// Engine threads: keys are sharded across them by a hash of the key, one reader thread
-    /// decodes and routes (docs/performance.md, "Scaling"). Falls back to 1, saying why, when
-    /// the rules' keys do not allow it.
+    /// Engine threads: keys are sharded across them by a hash of the key; they split and
+    /// decode the input between them (docs/performance.md, "Scaling"). Falls back to 1,
+    /// saying why, when the rules' keys do not allow it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 }
@@ -76,33 +77,6 @@ pub struct ReplayArgs {
 enum Runner {
     One(Box<Engine>),
     Sharded(Box<crate::io::shard::Sharded>),
-}
-
-impl Runner {
-    fn push(
-        &mut self,
-        ev: crate::event::Event,
-        out: &mut dyn FnMut(Alert),
-    ) -> anyhow::Result<Result<(), crate::engine::Late>> {
-        match self {
-            Runner::One(e) => Ok(e.push(ev, out)),
-            Runner::Sharded(s) => s.push(ev, out),
-        }
-    }
-
-    fn set_watermark(
-        &mut self,
-        t: crate::event::Nanos,
-        out: &mut dyn FnMut(Alert),
-    ) -> anyhow::Result<()> {
-        match self {
-            Runner::One(e) => {
-                e.set_watermark(t, out);
-                Ok(())
-            }
-            Runner::Sharded(s) => s.set_watermark(t, out),
-        }
-    }
 }
 
 /// Engine state written to a state directory every [`Durable::EVERY`] events.
@@ -228,55 +202,74 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     };
     let started = Instant::now();
     let json_reader = input::JsonReader::new(&program, default_stream);
-    // `rec: None` is a JSON line not decoded yet: sharded workers decode it themselves.
+    // `rec: None` is a JSON line not decoded yet.
     let mut feed = |line_no: u64,
                     line: &[u8],
                     rec: Option<Result<Record, BadLine>>,
                     runner: &mut Runner,
                     emit: &mut dyn FnMut(Alert)|
      -> anyhow::Result<()> {
-        if rec.is_none()
-            && let Runner::Sharded(s) = runner
-            && let Some(pushed) = s.push_line(line, emit)?
-        {
-            if let Err(late) = pushed {
-                reject(line_no, line, &late, "late");
+        let engine = match runner {
+            Runner::One(engine) => engine,
+            Runner::Sharded(s) => {
+                // Rejects come back from the workers with their epoch.
+                let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
+                    Rejected::Late(late) => reject(n, l, &late, "late"),
+                    Rejected::Bad(e) => reject(n, l, &e, e.reason()),
+                };
+                // JSON Lines do not come here: the workers read them (`read_lines`).
+                return match rec.unwrap_or_else(|| json_reader.bytes(line)) {
+                    Ok(Record::Event(ev)) => s.push(line_no, line, ev, emit, &mut rejected),
+                    Ok(Record::Watermark(t)) => s.set_watermark(line_no, t, emit, &mut rejected),
+                    Err(e) => {
+                        reject(line_no, line, &e, e.reason());
+                        Ok(())
+                    }
+                };
             }
-            return Ok(());
-        }
+        };
         match rec.unwrap_or_else(|| json_reader.bytes(line)) {
             Ok(Record::Event(ev)) => {
-                if let Err(late) = runner.push(ev, emit)? {
+                if let Err(late) = engine.push(ev, emit) {
                     reject(line_no, line, &late, "late");
                 }
             }
-            Ok(Record::Watermark(t)) => runner.set_watermark(t, emit)?,
+            Ok(Record::Watermark(t)) => engine.set_watermark(t, emit),
             Err(e) => reject(line_no, line, &e, e.reason()),
         }
-        if let (Some(d), Runner::One(engine)) = (durable.as_mut(), runner) {
+        if let Some(d) = durable.as_mut() {
             d.tick(engine)?;
         }
         Ok(())
     };
-    match args.format {
-        InputFormat::Csv => {
-            let stream = default_stream
-                .context("CSV input needs --stream when the rules read several streams")?;
-            for (line_no, rec) in input::csv_records(&program, stream, reader) {
-                feed(line_no, b"", Some(rec), &mut runner, &mut emit)?;
-            }
-        }
-        InputFormat::Jsonl | InputFormat::Capture => {
-            let mut lines = input::Lines::new(reader);
-            while let Some((i, line)) = lines.next_line().context("cannot read input")? {
-                if input::is_blank(line) {
-                    continue;
+    if let (InputFormat::Jsonl, Runner::Sharded(s)) = (args.format, &mut runner) {
+        // The workers split the lines themselves.
+        let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
+            Rejected::Late(late) => reject(n, l, &late, "late"),
+            Rejected::Bad(e) => reject(n, l, &e, e.reason()),
+        };
+        s.read_lines(reader, &mut emit, &mut rejected)?;
+    } else {
+        match args.format {
+            InputFormat::Csv => {
+                let stream = default_stream
+                    .context("CSV input needs --stream when the rules read several streams")?;
+                for (line_no, rec) in input::csv_records(&program, stream, reader) {
+                    feed(line_no, b"", Some(rec), &mut runner, &mut emit)?;
                 }
-                // JSON Lines are checked for UTF-8 by the decoder, string by string.
-                let rec = (args.format == InputFormat::Capture).then(|| {
-                    input::line_text(line).and_then(|l| input::capture(&program, &profiles, l))
-                });
-                feed(i, line, rec, &mut runner, &mut emit)?;
+            }
+            InputFormat::Jsonl | InputFormat::Capture => {
+                let mut lines = input::Lines::new(reader);
+                while let Some((i, line)) = lines.next_line().context("cannot read input")? {
+                    if input::is_blank(line) {
+                        continue;
+                    }
+                    // JSON Lines are checked for UTF-8 by the decoder, string by string.
+                    let rec = (args.format == InputFormat::Capture).then(|| {
+                        input::line_text(line).and_then(|l| input::capture(&program, &profiles, l))
+                    });
+                    feed(i, line, rec, &mut runner, &mut emit)?;
+                }
             }
         }
     }
@@ -291,7 +284,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             (engine.stats(), Some(engine))
         }
         Runner::Sharded(sharded) => {
-            let s = sharded.finish(!args.no_flush, &mut emit)?;
+            let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
+                Rejected::Late(late) => reject(n, l, &late, "late"),
+                Rejected::Bad(e) => reject(n, l, &e, e.reason()),
+            };
+            let s = sharded.finish(!args.no_flush, &mut emit, &mut rejected)?;
             let mut stats = s.engine;
             stats.late += s.late;
             (stats, None)
@@ -361,15 +358,11 @@ fn start_runner(
         return single();
     }
     match crate::io::shard::Router::plan(program, workers) {
-        Ok(router) => {
-            // JSON Lines are passed to the workers to decode again (see Sharded::push).
-            let lines = (args.format == InputFormat::Jsonl).then_some(default_stream);
-            Ok(Runner::Sharded(Box::new(crate::io::shard::Sharded::start(
-                Arc::clone(program),
-                router,
-                lines,
-            )?)))
-        }
+        Ok(router) => Ok(Runner::Sharded(Box::new(crate::io::shard::Sharded::start(
+            Arc::clone(program),
+            router,
+            default_stream,
+        )?))),
         Err(why) => {
             eprintln!("workers: 1 (keys cannot be sharded: {why})");
             single()

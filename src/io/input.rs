@@ -449,6 +449,7 @@ pub(crate) mod fast {
         }
 
         /// The body of a string without escapes (the opening quote already taken).
+        #[inline(always)]
         fn plain_str(&mut self) -> Option<&'a str> {
             let start = self.i;
             loop {
@@ -464,6 +465,7 @@ pub(crate) mod fast {
         }
 
         /// A JSON number, checked against the JSON grammar, with its digits read on the way.
+        #[inline(always)]
         fn number(&mut self) -> Option<Number<'a>> {
             let start = self.i;
             let negative = self.eat(b'-').is_some();
@@ -515,6 +517,7 @@ pub(crate) mod fast {
 
         /// Digits, accumulated into the mantissa (which wraps past 19 digits; `digits` then
         /// says it cannot be used).
+        #[inline(always)]
         fn digits(&mut self, n: &mut Number<'_>) {
             let start = self.i;
             let mut m = n.mantissa;
@@ -567,6 +570,7 @@ pub(crate) mod fast {
     impl Number<'_> {
         /// The integer, when it has at most 18 digits (so that it fits an i64); longer ones are
         /// parsed from the text.
+        #[inline(always)]
         fn int(&self) -> Option<i64> {
             if !self.integer {
                 return None;
@@ -583,6 +587,7 @@ pub(crate) mod fast {
         /// division rounds correctly, so this is the value every correct parser gives, without
         /// their general machinery. Longer ones go through serde_json itself, whose rounding
         /// may differ from the standard parser's in the last bit.
+        #[inline(always)]
         fn float(&self) -> Option<f64> {
             const POW10: [f64; 16] = [
                 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
@@ -814,6 +819,7 @@ pub(crate) mod fast {
     }
 
     /// One scalar converted to `ty`.
+    #[inline(always)]
     fn value<'a>(s: &mut Scan<'a>, ty: Ty) -> Option<ValueRef<'a>> {
         let c = s.peek()?;
         Some(match c {
@@ -853,6 +859,7 @@ pub(crate) mod fast {
 
     /// Checks that [`value`] would accept the scalar, converting it only when that is the
     /// only way to know (a number too long to be sure of, a timestamp text); true for null.
+    #[inline(always)]
     fn check(s: &mut Scan<'_>, ty: Ty) -> Option<bool> {
         if !matches!(s.peek()?, b'-' | b'0'..=b'9') || !matches!(ty, Ty::Int | Ty::Float) {
             return value(s, ty).map(|v| v == ValueRef::Null);

@@ -1,22 +1,27 @@
-//! Keys sharded across worker threads: one reader reads each record's time and key and routes
-//! it by a hash of the key to one of N engines, each owning its keys (no lock on the per-event
-//! path). JSON lines are decoded by the worker that gets them, so decoding runs in parallel.
+//! Keys sharded across worker threads, each owning the keys whose hash picks it (no lock on
+//! the per-event path).
 //!
-//! Event time stays global. The reader keeps the newest event time of every stream, decides
-//! lateness exactly as one engine would, and at every batch boundary tells each worker how far
-//! its groups' time has gone ([`Engine::advance_group`]), so each worker releases events and
-//! fires timeouts at the same event times as a single engine. A key's events and timers reach
-//! its rules in the same order as in one engine, so every alert (id included) is the same.
+//! The calling thread only cuts the input into epochs of records, shared by every worker.
+//! Each worker decodes its share of an epoch (a contiguous slice, so each line is decoded
+//! once, in parallel) and passes every other worker the events it owns, with a mark per
+//! record: time, stream, owner, or not an event. Each worker then walks all the marks of the
+//! epoch in input order, so every worker's clock sees every record: it decides lateness
+//! exactly as one engine would and feeds its own events to its engine. At the end of each
+//! epoch it advances its engine's groups to the clock's time ([`Engine::advance_group`]), so
+//! each worker releases events and fires timeouts at the same event times as a single
+//! engine. A key's events and timers reach its rules in the same order as in one engine, so
+//! every alert (id included) is the same. A worker decodes epoch k+1 before it applies epoch
+//! k, so the other workers' shares of k have usually arrived when it needs them.
 //!
-//! The reader mirrors the engine's watermark rule (docs/semantics.md §2) in `Clock`: a
-//! change to that rule in the engine must be made here too (`tests/shard.rs` compares late
-//! counts and alerts with one engine).
+//! `Clock` mirrors the engine's watermark rule (docs/semantics.md §2): a change to that rule
+//! in the engine must be made here too (`tests/shard.rs` compares late counts and alerts with
+//! one engine).
 //!
-//! Output order: each batch of input is an epoch; the alerts that all workers produced while
-//! applying it come out together, sorted by (event time, rule, key, id). That order is
-//! deterministic for a given number of workers; it differs from one engine's order only
-//! inside an epoch, so `--workers N` output equals `--workers 1` output once both are sorted
-//! by the same key.
+//! Output order: the alerts that all workers produced while applying an epoch come out
+//! together, sorted by (event time, rule, key, id). That order is deterministic for a given
+//! number of workers; it differs from one engine's order only inside an epoch, so
+//! `--workers N` output equals `--workers 1` output once both are sorted by the same key.
+//! Rejected records (late, or not records) come out in input order with their epoch.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
@@ -29,12 +34,14 @@ use crate::compile::schema::StreamSchema;
 use crate::engine::alert::Alert;
 use crate::engine::{Engine, Late, Stats};
 use crate::event::{Event, Nanos, ValueRef};
-use crate::io::input::fast;
+use crate::io::input::{BadLine, JsonReader, Record, fast, is_blank};
 
 /// Input records per epoch: one message per worker per epoch, so channels cost nothing per
 /// event.
 pub const BATCH: usize = 4096;
-/// Epochs a worker may have queued before the reader waits for it.
+/// Bytes of JSON Lines per epoch, read whole (a longer line makes a longer epoch).
+const BLOCK: usize = 1 << 20;
+/// Epochs a worker may have queued before the calling thread waits for it.
 const QUEUE: usize = 16;
 
 /// How events are routed: per stream, the fields whose values pick the worker.
@@ -139,7 +146,7 @@ impl Router {
 
 /// Event time as one engine keeps it (docs/semantics.md §2), over all keys: per stream the
 /// newest time, per group the explicit watermark and the time released so far. It mirrors
-/// the engine's own rule so that the reader decides lateness exactly as one engine would.
+/// the engine's own rule so that every worker decides lateness exactly as one engine would.
 struct Clock {
     lateness: Vec<Nanos>,
     group_of: Vec<usize>,
@@ -208,8 +215,11 @@ impl Clock {
                 watermark,
             });
         }
-        self.max_seen[s] = Some(self.max_seen[s].map_or(time, |m| m.max(time)));
-        self.now[g] = self.now[g].max(self.group_watermark(g));
+        // Most events are not newer than their stream's newest: then nothing moves.
+        if self.max_seen[s].is_none_or(|m| time > m) {
+            self.max_seen[s] = Some(time);
+            self.now[g] = self.now[g].max(self.group_watermark(g));
+        }
         Ok(())
     }
 
@@ -221,66 +231,155 @@ impl Clock {
     }
 }
 
-/// One input record of an epoch, in arrival order.
-enum Item {
-    /// A decoded event.
+/// What an input record of an epoch holds.
+enum Kind {
+    /// An event the caller decoded.
     Event(Event),
-    /// A JSON line (a range of the epoch's text) that the worker decodes from where the
-    /// reader found its values (from this index of the epoch's spans).
-    Line(usize, usize, usize),
+    /// An explicit watermark for every stream.
+    Watermark(Nanos),
+}
+
+/// One input record of an epoch, with its line number and text (a range of the epoch's
+/// text) for the dead-letter record if it is rejected.
+struct Item {
+    line_no: u64,
+    start: usize,
+    end: usize,
+    kind: Kind,
+}
+
+/// A batch of input records in arrival order, shared by every worker: either `items` the
+/// caller decoded, or (`block`) whole JSON lines as read, which the workers split and decode.
+#[derive(Default)]
+struct Epoch {
+    text: Vec<u8>,
+    items: Vec<Item>,
+    block: bool,
+}
+
+impl Epoch {
+    fn line(&self, item: &Item) -> &[u8] {
+        self.text.get(item.start..item.end).unwrap_or_default()
+    }
+}
+
+/// The records of an epoch that worker `w` of `n` scans: a contiguous share, so that each
+/// line is decoded once, by one worker.
+fn share(w: usize, n: usize, len: usize) -> std::ops::Range<usize> {
+    len * w / n..len * (w + 1) / n
+}
+
+/// The bytes of a block that worker `w` of `n` scans: its share of the bytes, each end moved
+/// on to the start of a line.
+fn share_of_block(w: usize, n: usize, text: &[u8]) -> std::ops::Range<usize> {
+    let cut = |x: usize| match x {
+        0 => 0,
+        x => memchr::memchr(b'\n', text.get(x - 1..).unwrap_or_default())
+            .map_or(text.len(), |i| x + i),
+    };
+    let len = text.len();
+    cut(len * w / n)..cut(len * (w + 1) / n)
+}
+
+/// The line of `text` from `start`, without its newline and trailing carriage returns, and
+/// where the next one starts.
+fn line_at(text: &[u8], start: usize, end: usize) -> (usize, usize) {
+    let rest = text.get(start..end).unwrap_or_default();
+    let stop = memchr::memchr(b'\n', rest).map_or(end, |i| start + i);
+    let mut last = stop;
+    while last > start && text.get(last - 1) == Some(&b'\r') {
+        last -= 1;
+    }
+    (last, stop + 1)
+}
+
+/// What a worker found in one record it scanned.
+#[derive(Clone, Copy)]
+enum Mark {
+    /// An event of `stream` at `time`, owned by worker `owner`: `decoded` in the part's
+    /// events, otherwise a JSON line whose values are where the part's spans say.
+    Event {
+        stream: u32,
+        time: Nanos,
+        owner: u16,
+        decoded: bool,
+    },
+    /// An explicit watermark.
+    Watermark(Nanos),
+    /// A line that is not a record; its error goes to worker 0.
+    Bad,
+    /// A blank line.
+    Blank,
+}
+
+/// One worker's scan of its share of an epoch, as one worker receives it.
+struct Part {
+    /// A mark per record of the share, in order (the same for every receiver).
+    marks: Arc<Vec<Mark>>,
+    /// The share's decoded events that the receiver owns, in order: lines that took the
+    /// general path, and events the caller decoded.
+    events: Vec<Event>,
+    /// For the share's other lines that the receiver owns, in order: where the line is in
+    /// the epoch's text and where its values are in the line (two offsets each, then two per
+    /// field of the default stream), so that the owner builds each event itself, in its own
+    /// memory, without scanning the line again.
+    spans: Vec<u32>,
+    /// The share's bad lines, in order; only worker 0 gets them.
+    bad: Vec<BadLine>,
+}
+
+/// Why a record was not applied.
+#[derive(Debug)]
+pub enum Rejected {
+    /// Behind the watermark.
+    Late(Late),
+    /// Not a record.
+    Bad(BadLine),
 }
 
 enum Msg {
-    /// One epoch: this worker's records, then how far each group's time has gone.
-    Batch {
-        items: Vec<Item>,
-        text: Vec<u8>,
-        spans: Vec<u32>,
-        times: Vec<Nanos>,
-    },
+    /// An epoch of input.
+    Epoch(Arc<Epoch>),
     /// End of input: advance time to the end (when `flush`), report and stop.
     Finish { flush: bool },
 }
 
+/// What a worker reports for one epoch.
+struct Applied {
+    /// The alerts, in the worker's order.
+    alerts: Vec<Alert>,
+    /// Records rejected (index in the epoch, why), in order; worker 0 reports them all.
+    rejects: Vec<(usize, Rejected)>,
+    /// The epoch's records, blank lines included.
+    records: usize,
+}
+
 enum Reply {
-    /// The alerts of one epoch, in the worker's order, and the epoch's buffers emptied for
-    /// the reader to fill again (fresh ones cost page faults and copies as they grow, every
-    /// epoch); none for the final flush.
-    Epoch(Vec<Alert>, Option<Buffers>),
-    /// The worker's counters at the end.
-    Done(Stats),
+    /// One epoch applied (or, after the last, the final flush).
+    Epoch(Applied),
+    /// The worker's counters at the end, and the late events its clock counted.
+    Done(Stats, u64),
 }
 
 struct Worker {
     tx: SyncSender<Msg>,
     rx: Receiver<Reply>,
     handle: JoinHandle<()>,
-    pending: Vec<Item>,
-    text: Vec<u8>,
-    spans: Vec<u32>,
-    /// Buffers the worker gave back.
-    spare: Vec<Buffers>,
 }
-
-/// An epoch's records, the text of its lines, and where their values are.
-type Buffers = (Vec<Item>, Vec<u8>, Vec<u32>);
 
 /// N engines over the same program, fed by the calling thread.
 pub struct Sharded {
-    program: Arc<Program>,
-    router: Router,
-    clock: Clock,
     workers: Vec<Worker>,
-    in_epoch: usize,
-    /// Epochs sent whose alerts have not all come back.
-    epochs: usize,
-    /// Alerts of the oldest outstanding epochs, gathered per worker.
-    gathered: VecDeque<Vec<Option<Vec<Alert>>>>,
-    late: u64,
-    /// The spans of the line being routed, before its worker is known.
-    spans: Vec<u32>,
-    /// Workers decode JSON lines of this default stream themselves.
-    lines: Option<Option<StreamId>>,
+    /// The epoch being filled.
+    filling: Epoch,
+    /// Epochs every worker is done with, to fill again (fresh ones cost page faults as they
+    /// grow, every epoch).
+    spare: Vec<Epoch>,
+    /// Epochs sent whose replies have not all come back, oldest first, with the replies so
+    /// far per worker.
+    outstanding: VecDeque<(Arc<Epoch>, Vec<Option<Applied>>)>,
+    /// Lines in the blocks done, for the line numbers of the next.
+    lines_done: u64,
 }
 
 /// Counters of a sharded run.
@@ -288,156 +387,198 @@ pub struct Sharded {
 pub struct ShardStats {
     /// Summed over workers; `peak_runs` is the sum of each worker's peak.
     pub engine: Stats,
-    /// Events the reader found late.
+    /// Events found late.
     pub late: u64,
 }
 
+/// Where a sharded run's alerts go.
+pub type Emit<'a> = &'a mut dyn FnMut(Alert);
+/// Where rejected records go: line number, text, why.
+pub type Reject<'a> = &'a mut dyn FnMut(u64, &[u8], Rejected);
+
 impl Sharded {
-    /// Starts one engine thread per worker of `router`. `lines` (JSON Lines input, with its
-    /// default stream) lets [`Sharded::push_line`] pass workers lines instead of events.
+    /// Starts one engine thread per worker of `router`; JSON lines without `$stream` are
+    /// events of `default_stream`.
     pub fn start(
         program: Arc<Program>,
         router: Router,
-        lines: Option<Option<StreamId>>,
+        default_stream: Option<StreamId>,
     ) -> anyhow::Result<Sharded> {
-        let probe = Engine::new(Arc::clone(&program))?;
-        let clock = Clock::new(&program, probe.groups());
-        drop(probe);
-        let mut workers = Vec::with_capacity(router.workers);
-        for i in 0..router.workers {
+        let n = router.workers;
+        // A channel from every worker to every other, for the parts of the epochs it scans.
+        let mut part_tx: Vec<Vec<Option<SyncSender<Part>>>> = Vec::with_capacity(n);
+        let mut part_rx: Vec<Vec<Option<Receiver<Part>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        for from in 0..n {
+            let mut row = Vec::with_capacity(n);
+            for (to, inbox) in part_rx.iter_mut().enumerate() {
+                if from == to {
+                    row.push(None);
+                    continue;
+                }
+                let (tx, rx) = sync_channel::<Part>(QUEUE);
+                row.push(Some(tx));
+                inbox[from] = Some(rx);
+            }
+            part_tx.push(row);
+        }
+        let mut workers = Vec::with_capacity(n);
+        for (me, (to_peers, from_peers)) in part_tx.into_iter().zip(part_rx).enumerate() {
             let engine = Engine::new(Arc::clone(&program))?;
             let (tx, in_rx) = sync_channel::<Msg>(QUEUE);
             let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 4);
+            let shard = Shard {
+                me,
+                n,
+                router: router.clone(),
+                default_stream,
+                to_peers,
+                from_peers,
+            };
             let handle = std::thread::Builder::new()
-                .name(format!("tern-worker-{i}"))
-                .spawn(move || work(engine, lines, in_rx, out_tx))?;
-            workers.push(Worker {
-                tx,
-                rx,
-                handle,
-                pending: Vec::with_capacity(BATCH),
-                text: Vec::new(),
-                spans: Vec::new(),
-                spare: Vec::new(),
-            });
+                .name(format!("tern-worker-{me}"))
+                .spawn(move || shard.work(engine, in_rx, out_tx))?;
+            workers.push(Worker { tx, rx, handle });
         }
         Ok(Sharded {
-            program,
-            router,
-            clock,
             workers,
-            in_epoch: 0,
-            epochs: 0,
-            gathered: VecDeque::new(),
-            late: 0,
-            spans: Vec::new(),
-            lines,
+            filling: Epoch::default(),
+            spare: Vec::new(),
+            outstanding: VecDeque::new(),
+            lines_done: 0,
         })
     }
 
-    /// Accepts a JSON line of the default stream (or rejects it as late, as one engine
-    /// would) without decoding it: the line is scanned for its time and key only, and the
-    /// worker owning the key decodes it, so decoding runs in parallel. `None`: the line is
-    /// not a plain event of the default stream (or the workers were not started for
-    /// lines); decode it and pass the event to [`Sharded::push`].
-    pub fn push_line(
-        &mut self,
-        line: &[u8],
-        out: &mut dyn FnMut(Alert),
-    ) -> anyhow::Result<Option<Result<(), Late>>> {
-        let Some(Some(stream)) = self.lines else {
-            return Ok(None);
-        };
-        let schema = self.program.stream(stream);
-        self.spans.clear();
-        let Some((w, time)) = self
-            .router
-            .worker_of_line(schema, stream, line, &mut self.spans)
-        else {
-            return Ok(None);
-        };
-        if let Err(late) = self.clock.push(&self.program, stream.0, time) {
-            self.late += 1;
-            return Ok(Some(Err(late)));
-        }
-        if let Some(worker) = self.workers.get_mut(w) {
-            let start = worker.text.len();
-            worker.text.extend_from_slice(line);
-            let at = worker.spans.len();
-            worker.spans.extend_from_slice(&self.spans);
-            worker
-                .pending
-                .push(Item::Line(start, worker.text.len(), at));
-        }
-        self.tick(out)?;
-        Ok(Some(Ok(())))
-    }
-
-    /// Accepts an event (or rejects it as late, as one engine would); alerts of completed
-    /// epochs go to `out`.
+    /// Accepts an event decoded from `line` (CSV, captures); its alerts, or why it was
+    /// rejected, come out once its epoch is done.
     pub fn push(
         &mut self,
+        line_no: u64,
+        line: &[u8],
         event: Event,
-        out: &mut dyn FnMut(Alert),
-    ) -> anyhow::Result<Result<(), Late>> {
-        if let Err(late) = self.clock.push(&self.program, event.stream(), event.time()) {
-            self.late += 1;
-            return Ok(Err(late));
-        }
-        let w = self.router.worker(&event);
-        if let Some(worker) = self.workers.get_mut(w) {
-            worker.pending.push(Item::Event(event));
-        }
-        self.tick(out)?;
-        Ok(Ok(()))
+        emit: Emit<'_>,
+        reject: Reject<'_>,
+    ) -> anyhow::Result<()> {
+        self.add(line_no, line, Kind::Event(event), emit, reject)
     }
 
     /// An explicit watermark for every stream (replay `$watermark` lines).
-    pub fn set_watermark(&mut self, time: Nanos, out: &mut dyn FnMut(Alert)) -> anyhow::Result<()> {
-        self.clock.set_watermark(time);
-        self.tick(out)
+    pub fn set_watermark(
+        &mut self,
+        line_no: u64,
+        time: Nanos,
+        emit: Emit<'_>,
+        reject: Reject<'_>,
+    ) -> anyhow::Result<()> {
+        self.add(line_no, b"", Kind::Watermark(time), emit, reject)
     }
 
-    fn tick(&mut self, out: &mut dyn FnMut(Alert)) -> anyhow::Result<()> {
-        self.in_epoch += 1;
-        if self.in_epoch >= BATCH {
+    fn add(
+        &mut self,
+        line_no: u64,
+        line: &[u8],
+        kind: Kind,
+        emit: Emit<'_>,
+        reject: Reject<'_>,
+    ) -> anyhow::Result<()> {
+        let start = self.filling.text.len();
+        self.filling.text.extend_from_slice(line);
+        self.filling.items.push(Item {
+            line_no,
+            start,
+            end: self.filling.text.len(),
+            kind,
+        });
+        if self.filling.items.len() >= BATCH {
             self.send_epoch()?;
-            self.collect(false, out)?;
+            self.collect(false, emit, reject)?;
         }
         Ok(())
     }
 
     fn send_epoch(&mut self) -> anyhow::Result<()> {
-        self.in_epoch = 0;
-        for w in &mut self.workers {
-            let (items, text, spans) = w
-                .spare
-                .pop()
-                .unwrap_or_else(|| (Vec::with_capacity(BATCH), Vec::new(), Vec::new()));
-            let items = std::mem::replace(&mut w.pending, items);
-            let text = std::mem::replace(&mut w.text, text);
-            let spans = std::mem::replace(&mut w.spans, spans);
-            let msg = Msg::Batch {
-                items,
-                text,
-                spans,
-                times: self.clock.now.clone(),
-            };
-            w.tx.send(msg)
+        let next = self.spare.pop().unwrap_or_default();
+        let epoch = std::mem::replace(&mut self.filling, next);
+        self.send(epoch)
+    }
+
+    fn send(&mut self, epoch: Epoch) -> anyhow::Result<()> {
+        let epoch = Arc::new(epoch);
+        for w in &self.workers {
+            w.tx.send(Msg::Epoch(Arc::clone(&epoch)))
                 .map_err(|_| anyhow::anyhow!("a worker stopped"))?;
         }
-        self.epochs += 1;
-        self.gathered.push_back(vec![None; self.workers.len()]);
+        let none = self.workers.iter().map(|_| None).collect();
+        self.outstanding.push_back((epoch, none));
         Ok(())
+    }
+
+    /// Reads JSON Lines from `input` to its end, a block of whole lines per epoch that the
+    /// workers split and decode themselves: this thread only reads. Line numbers count on
+    /// from those of earlier blocks.
+    pub fn read_lines(
+        &mut self,
+        mut input: impl std::io::Read,
+        emit: Emit<'_>,
+        reject: Reject<'_>,
+    ) -> anyhow::Result<()> {
+        if !self.filling.items.is_empty() {
+            self.send_epoch()?;
+        }
+        // The start of a line the last block cut.
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let mut text = self.spare.pop().map(|e| e.text).unwrap_or_default();
+            text.clear();
+            text.append(&mut carry);
+            let mut whole = memchr::memchr(b'\n', &text).is_some();
+            let mut eof = false;
+            while !(whole && text.len() >= BLOCK) {
+                let len = text.len();
+                text.resize(len.max(BLOCK / 2) * 2, 0);
+                let read = input.read(text.get_mut(len..).unwrap_or_default());
+                match read {
+                    Ok(0) => eof = true,
+                    Ok(k) => {
+                        whole |= memchr::memchr(b'\n', text.get(len..len + k).unwrap_or_default())
+                            .is_some();
+                        text.truncate(len + k);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read input")),
+                }
+                if eof {
+                    text.truncate(len);
+                    break;
+                }
+            }
+            let cut = if eof {
+                text.len()
+            } else {
+                memchr::memrchr(b'\n', &text).map_or(text.len(), |i| i + 1)
+            };
+            carry.extend_from_slice(text.get(cut..).unwrap_or_default());
+            text.truncate(cut);
+            if !text.is_empty() {
+                self.send(Epoch {
+                    text,
+                    items: Vec::new(),
+                    block: true,
+                })?;
+                self.collect(false, emit, reject)?;
+            }
+            if eof {
+                return Ok(());
+            }
+        }
     }
 
     /// Takes what the workers have sent back and emits every epoch complete in all of them;
     /// with `wait`, waits until every epoch sent is complete.
-    fn collect(&mut self, wait: bool, out: &mut dyn FnMut(Alert)) -> anyhow::Result<()> {
-        // Epoch k of worker w is the k-th reply on its channel: `gathered` holds the
-        // outstanding epochs oldest first.
-        for (wi, w) in self.workers.iter_mut().enumerate() {
-            while let Some(slot) = self.gathered.iter_mut().find(|e| e[wi].is_none()) {
+    fn collect(&mut self, wait: bool, emit: Emit<'_>, reject: Reject<'_>) -> anyhow::Result<()> {
+        // A worker's replies come in epoch order: each fills its oldest empty slot.
+        for (wi, w) in self.workers.iter().enumerate() {
+            while let Some((_, slot)) = self.outstanding.iter_mut().find(|(_, r)| r[wi].is_none()) {
                 let reply = if wait {
                     w.rx.recv()
                         .map_err(|_| anyhow::anyhow!("a worker stopped"))?
@@ -448,24 +589,48 @@ impl Sharded {
                     }
                 };
                 match reply {
-                    Reply::Epoch(alerts, spent) => {
-                        slot[wi] = Some(alerts);
-                        w.spare.extend(spent);
-                    }
-                    Reply::Done(_) => anyhow::bail!("a worker stopped early"),
+                    Reply::Epoch(applied) => slot[wi] = Some(applied),
+                    Reply::Done(..) => anyhow::bail!("a worker stopped early"),
                 }
             }
         }
         while self
-            .gathered
+            .outstanding
             .front()
-            .is_some_and(|e| e.iter().all(Option::is_some))
+            .is_some_and(|(_, r)| r.iter().all(Option::is_some))
         {
-            let Some(epoch) = self.gathered.pop_front() else {
+            let Some((epoch, replies)) = self.outstanding.pop_front() else {
                 break;
             };
-            self.epochs -= 1;
-            let mut alerts: Vec<Alert> = epoch.into_iter().flatten().flatten().collect();
+            let mut alerts = Vec::new();
+            let mut rejects = Vec::new();
+            let mut records = 0;
+            for applied in replies.into_iter().flatten() {
+                alerts.extend(applied.alerts);
+                rejects.extend(applied.rejects);
+                // Every worker walks every record.
+                records = records.max(applied.records);
+            }
+            if epoch.block {
+                // Rejects in record order: each line is found once, walking on.
+                let (mut ordinal, mut at) = (0, 0);
+                for (o, why) in rejects {
+                    while ordinal < o {
+                        at = line_at(&epoch.text, at, epoch.text.len()).1;
+                        ordinal += 1;
+                    }
+                    let end = line_at(&epoch.text, at, epoch.text.len()).0;
+                    let line = epoch.text.get(at..end).unwrap_or_default();
+                    reject(self.lines_done + o as u64 + 1, line, why);
+                }
+                self.lines_done += records as u64;
+            } else {
+                for (i, why) in rejects {
+                    if let Some(item) = epoch.items.get(i) {
+                        reject(item.line_no, epoch.line(item), why);
+                    }
+                }
+            }
             if self.workers.len() > 1 {
                 alerts.sort_by_cached_key(|a| {
                     (
@@ -477,37 +642,53 @@ impl Sharded {
                 });
             }
             for a in alerts {
-                out(a);
+                emit(a);
+            }
+            // Every worker dropped its handle before replying.
+            if let Ok(mut spent) = Arc::try_unwrap(epoch) {
+                spent.text.clear();
+                spent.items.clear();
+                spent.block = false;
+                self.spare.push(spent);
             }
         }
         Ok(())
     }
 
     /// End of input: sends what is pending, advances time to the end when `flush`, emits the
-    /// remaining alerts and stops the workers.
-    pub fn finish(mut self, flush: bool, out: &mut dyn FnMut(Alert)) -> anyhow::Result<ShardStats> {
-        self.send_epoch()?;
+    /// remaining alerts and rejects, and stops the workers.
+    pub fn finish(
+        mut self,
+        flush: bool,
+        emit: Emit<'_>,
+        reject: Reject<'_>,
+    ) -> anyhow::Result<ShardStats> {
+        if !self.filling.items.is_empty() {
+            self.send_epoch()?;
+        }
         for w in &self.workers {
             w.tx.send(Msg::Finish { flush })
                 .map_err(|_| anyhow::anyhow!("a worker stopped"))?;
         }
-        // The final flush is one more epoch.
-        self.epochs += 1;
-        self.gathered.push_back(vec![None; self.workers.len()]);
-        self.collect(true, out)?;
-        let mut stats = ShardStats {
-            late: self.late,
-            ..ShardStats::default()
-        };
-        for w in self.workers {
+        // The final flush replies as one more epoch, of no records.
+        let none = self.workers.iter().map(|_| None).collect();
+        self.outstanding
+            .push_back((Arc::new(Epoch::default()), none));
+        self.collect(true, emit, reject)?;
+        let mut stats = ShardStats::default();
+        for (wi, w) in self.workers.into_iter().enumerate() {
             match w.rx.recv() {
-                Ok(Reply::Done(s)) => {
+                Ok(Reply::Done(s, late)) => {
                     stats.engine.events += s.events;
                     stats.engine.late += s.late;
                     stats.engine.alerts += s.alerts;
                     stats.engine.runs += s.runs;
                     stats.engine.peak_runs += s.peak_runs;
                     stats.engine.keys += s.keys;
+                    // Every worker's clock saw every record: they agree.
+                    if wi == 0 {
+                        stats.late = late;
+                    }
                 }
                 _ => anyhow::bail!("a worker stopped early"),
             }
@@ -519,74 +700,316 @@ impl Sharded {
     }
 }
 
-/// A worker: applies epochs to its engine and sends back each epoch's alerts.
-fn work(
-    mut engine: Engine,
-    lines: Option<Option<StreamId>>,
-    rx: Receiver<Msg>,
-    tx: SyncSender<Reply>,
-) {
-    let program = Arc::clone(engine.program());
-    let stream = lines.flatten();
-    let reader = crate::io::input::JsonReader::new(&program, stream);
-    let mut alerts = Vec::new();
-    while let Ok(msg) = rx.recv() {
-        let mut emit = |a: Alert| alerts.push(a);
-        match msg {
-            Msg::Batch {
-                mut items,
-                mut text,
-                mut spans,
-                times,
-            } => {
-                for item in items.drain(..) {
-                    let event = match item {
-                        Item::Event(e) => e,
-                        // The reader scanned this line with the same scanner: it is an event.
-                        Item::Line(a, b, at) => {
-                            let Some(line) = text.get(a..b) else { continue };
-                            let built = match (stream, spans.get(at..)) {
-                                (Some(stream), Some(spans)) => {
-                                    fast::decode_at(program.stream(stream), stream, line, spans)
+/// A share of an epoch as it is scanned.
+struct Scanned {
+    marks: Vec<Mark>,
+    /// Per worker, as in [`Part`].
+    events: Vec<Vec<Event>>,
+    spans: Vec<Vec<u32>>,
+    /// The spans of the line being scanned, before its owner is known.
+    scratch: Vec<u32>,
+    bad: Vec<BadLine>,
+}
+
+/// A worker's place among the others.
+struct Shard {
+    me: usize,
+    n: usize,
+    router: Router,
+    default_stream: Option<StreamId>,
+    /// Per worker, the channel to it (none to itself).
+    to_peers: Vec<Option<SyncSender<Part>>>,
+    /// Per worker, the channel from it.
+    from_peers: Vec<Option<Receiver<Part>>>,
+}
+
+impl Shard {
+    /// A worker: scans its share of each epoch and passes the other workers their events,
+    /// then applies the epoch before (whose shares the others sent while this one scanned)
+    /// to its engine and sends back its alerts.
+    fn work(self, mut engine: Engine, rx: Receiver<Msg>, tx: SyncSender<Reply>) {
+        let program = Arc::clone(engine.program());
+        let reader = JsonReader::new(&program, self.default_stream);
+        let mut clock = Clock::new(&program, engine.groups());
+        let mut late = 0u64;
+        // The epoch scanned but not applied, with this worker's own part of it.
+        let mut pending: Option<(Arc<Epoch>, Part)> = None;
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Epoch(epoch) => {
+                    let mut own = None;
+                    for (to, part) in self.scan(&epoch, &program, &reader).into_iter().enumerate() {
+                        match self.to_peers.get(to) {
+                            Some(Some(peer)) => {
+                                if peer.send(part).is_err() {
+                                    return;
                                 }
-                                _ => None,
-                            };
-                            match built {
-                                Some(e) => e,
-                                None => match reader.bytes(line) {
-                                    Ok(crate::io::input::Record::Event(e)) => e,
-                                    _ => continue,
-                                },
                             }
+                            _ => own = Some(part),
                         }
-                    };
-                    // The reader already rejected late events, so none is late here: a
-                    // worker's watermark never passes the global one.
-                    let _ = engine.push(event, &mut emit);
-                }
-                for (g, t) in times.into_iter().enumerate() {
-                    if t > Nanos::MIN {
-                        engine.advance_group(g, t, &mut emit);
                     }
+                    if let Some((before, part)) = pending.take() {
+                        let Some(applied) =
+                            self.apply(&reader, before, part, &mut engine, &mut clock, &mut late)
+                        else {
+                            return;
+                        };
+                        if tx.send(Reply::Epoch(applied)).is_err() {
+                            return;
+                        }
+                    }
+                    pending = own.map(|part| (epoch, part));
                 }
-                text.clear();
-                spans.clear();
-                let spent = Some((items, text, spans));
-                if tx
-                    .send(Reply::Epoch(std::mem::take(&mut alerts), spent))
-                    .is_err()
-                {
+                Msg::Finish { flush } => {
+                    if let Some((before, part)) = pending.take() {
+                        let Some(applied) =
+                            self.apply(&reader, before, part, &mut engine, &mut clock, &mut late)
+                        else {
+                            return;
+                        };
+                        if tx.send(Reply::Epoch(applied)).is_err() {
+                            return;
+                        }
+                    }
+                    let mut alerts = Vec::new();
+                    if flush {
+                        engine.flush(&mut |a| alerts.push(a));
+                    }
+                    let last = Applied {
+                        alerts,
+                        rejects: Vec::new(),
+                        records: 0,
+                    };
+                    let _ = tx.send(Reply::Epoch(last));
+                    let _ = tx.send(Reply::Done(engine.stats(), late));
                     return;
                 }
             }
-            Msg::Finish { flush } => {
-                if flush {
-                    engine.flush(&mut emit);
+        }
+    }
+
+    /// Reads this worker's share of `epoch` (time, key and where the values are; the
+    /// general path only for what the fast scan leaves) and routes it: one part per worker.
+    fn scan(&self, epoch: &Epoch, program: &Program, reader: &JsonReader<'_>) -> Vec<Part> {
+        let mut out = Scanned {
+            marks: Vec::new(),
+            events: (0..self.n).map(|_| Vec::new()).collect(),
+            spans: (0..self.n).map(|_| Vec::new()).collect(),
+            scratch: Vec::new(),
+            bad: Vec::new(),
+        };
+        if epoch.block {
+            let share = share_of_block(self.me, self.n, &epoch.text);
+            let mut at = share.start;
+            while at < share.end {
+                let (end, next) = line_at(&epoch.text, at, share.end);
+                self.line(&mut out, program, reader, &epoch.text, at, end);
+                at = next;
+            }
+        } else {
+            for i in share(self.me, self.n, epoch.items.len()) {
+                let Some(item) = epoch.items.get(i) else {
+                    break;
+                };
+                match &item.kind {
+                    Kind::Event(e) => self.event(&mut out, e.clone()),
+                    Kind::Watermark(t) => out.marks.push(Mark::Watermark(*t)),
                 }
-                let _ = tx.send(Reply::Epoch(std::mem::take(&mut alerts), None));
-                let _ = tx.send(Reply::Done(engine.stats()));
+            }
+        }
+        let Scanned {
+            marks,
+            events,
+            spans,
+            mut bad,
+            ..
+        } = out;
+        let marks = Arc::new(marks);
+        events
+            .into_iter()
+            .zip(spans)
+            .enumerate()
+            .map(|(to, (events, spans))| Part {
+                marks: Arc::clone(&marks),
+                events,
+                spans,
+                bad: if to == 0 {
+                    std::mem::take(&mut bad)
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
+    }
+
+    /// Scans the JSON line `text[start..end]`.
+    fn line(
+        &self,
+        out: &mut Scanned,
+        program: &Program,
+        reader: &JsonReader<'_>,
+        text: &[u8],
+        start: usize,
+        end: usize,
+    ) {
+        let line = text.get(start..end).unwrap_or_default();
+        if is_blank(line) {
+            out.marks.push(Mark::Blank);
+            return;
+        }
+        // Spans are u32 offsets into the epoch's text.
+        if let Some(stream) = self.default_stream.filter(|_| u32::try_from(end).is_ok()) {
+            out.scratch.clear();
+            let schema = program.stream(stream);
+            if let Some((owner, time)) =
+                self.router
+                    .worker_of_line(schema, stream, line, &mut out.scratch)
+            {
+                out.marks.push(Mark::Event {
+                    stream: stream.0,
+                    time,
+                    owner: owner as u16,
+                    decoded: false,
+                });
+                if let Some(to) = out.spans.get_mut(owner) {
+                    to.extend_from_slice(&[start as u32, end as u32]);
+                    to.extend_from_slice(&out.scratch);
+                }
                 return;
             }
         }
+        match reader.bytes(line) {
+            Ok(Record::Event(e)) => self.event(out, e),
+            Ok(Record::Watermark(t)) => out.marks.push(Mark::Watermark(t)),
+            Err(e) => {
+                out.marks.push(Mark::Bad);
+                out.bad.push(e);
+            }
+        }
+    }
+
+    /// Routes a decoded event.
+    fn event(&self, out: &mut Scanned, event: Event) {
+        let owner = self.router.worker(&event);
+        out.marks.push(Mark::Event {
+            stream: event.stream(),
+            time: event.time(),
+            owner: owner as u16,
+            decoded: true,
+        });
+        if let Some(mine) = out.events.get_mut(owner) {
+            mine.push(event);
+        }
+    }
+
+    /// Applies an epoch: every worker's marks, in record order, move its clock exactly as one
+    /// engine's would; the events this worker owns go to its engine. `None` when a peer has
+    /// stopped.
+    fn apply(
+        &self,
+        reader: &JsonReader<'_>,
+        epoch: Arc<Epoch>,
+        own: Part,
+        engine: &mut Engine,
+        clock: &mut Clock,
+        late: &mut u64,
+    ) -> Option<Applied> {
+        let program = Arc::clone(engine.program());
+        let width = self
+            .default_stream
+            .map_or(0, |s| 2 * program.stream(s).fields.len());
+        let mut own = Some(own);
+        let mut records = 0;
+        let mut alerts = Vec::new();
+        let mut rejects = Vec::new();
+        let mut emit = |a: Alert| alerts.push(a);
+        for from in 0..self.n {
+            let part = match self.from_peers.get(from) {
+                Some(Some(peer)) => peer.recv().ok()?,
+                _ => own.take()?,
+            };
+            let base = records;
+            records += part.marks.len();
+            let mut events = part.events.into_iter();
+            let mut spans = part.spans.as_slice();
+            let mut bad = part.bad.into_iter();
+            for (k, mark) in part.marks.iter().enumerate() {
+                match *mark {
+                    Mark::Event {
+                        stream,
+                        time,
+                        owner,
+                        decoded,
+                    } => {
+                        let event = if usize::from(owner) != self.me {
+                            None
+                        } else if decoded {
+                            events.next()
+                        } else {
+                            let (these, rest) = spans.split_at((width + 2).min(spans.len()));
+                            spans = rest;
+                            match these {
+                                [start, end, values @ ..] => epoch
+                                    .text
+                                    .get(*start as usize..*end as usize)
+                                    .and_then(|l| self.build(&program, reader, l, values)),
+                                _ => None,
+                            }
+                        };
+                        match clock.push(&program, stream, time) {
+                            // The clock accepted it, so the engine does: a worker's
+                            // watermark never passes the global one.
+                            Ok(()) => {
+                                if let Some(e) = event {
+                                    let _ = engine.push(e, &mut emit);
+                                }
+                            }
+                            Err(l) => {
+                                *late += 1;
+                                if self.me == 0 {
+                                    rejects.push((base + k, Rejected::Late(l)));
+                                }
+                            }
+                        }
+                    }
+                    Mark::Watermark(t) => clock.set_watermark(t),
+                    Mark::Bad => {
+                        if let Some(e) = bad.next() {
+                            rejects.push((base + k, Rejected::Bad(e)));
+                        }
+                    }
+                    Mark::Blank => {}
+                }
+            }
+        }
+        for (g, t) in clock.now.iter().enumerate() {
+            if *t > Nanos::MIN {
+                engine.advance_group(g, *t, &mut emit);
+            }
+        }
+        drop(epoch);
+        Some(Applied {
+            alerts,
+            rejects,
+            records,
+        })
+    }
+
+    /// The event of a line the fast scan accepted, from the values where `spans` says.
+    fn build(
+        &self,
+        program: &Program,
+        reader: &JsonReader<'_>,
+        line: &[u8],
+        spans: &[u32],
+    ) -> Option<Event> {
+        let stream = self.default_stream?;
+        fast::decode_at(program.stream(stream), stream, line, spans).or_else(|| {
+            // Spans that do not fit (never, for the scanner's own): decode it all.
+            match reader.bytes(line) {
+                Ok(Record::Event(e)) => Some(e),
+                _ => None,
+            }
+        })
     }
 }
