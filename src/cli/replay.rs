@@ -213,14 +213,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             Runner::One(engine) => engine,
             Runner::Sharded(s) => {
                 // Rejects come back from the workers with their epoch.
-                let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
-                    Rejected::Late(late) => reject(n, l, &late, "late"),
-                    Rejected::Bad(e) => reject(n, l, &e, e.reason()),
-                };
+                let mut rejects =
+                    |n: u64, l: &[u8], why: Rejected| reject(n, l, &why, why.reason());
                 // JSON Lines do not come here: the workers read them (`read_lines`).
                 return match rec.unwrap_or_else(|| json_reader.bytes(line)) {
-                    Ok(Record::Event(ev)) => s.push(line_no, line, ev, emit, &mut rejected),
-                    Ok(Record::Watermark(t)) => s.set_watermark(line_no, t, emit, &mut rejected),
+                    Ok(Record::Event(ev)) => s.push(line_no, line, ev, emit, &mut rejects),
+                    Ok(Record::Watermark(t)) => s.set_watermark(line_no, t, emit, &mut rejects),
                     Err(e) => {
                         reject(line_no, line, &e, e.reason());
                         Ok(())
@@ -244,11 +242,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
     };
     if let (InputFormat::Jsonl, Runner::Sharded(s)) = (args.format, &mut runner) {
         // The workers split the lines themselves.
-        let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
-            Rejected::Late(late) => reject(n, l, &late, "late"),
-            Rejected::Bad(e) => reject(n, l, &e, e.reason()),
-        };
-        s.read_lines(reader, &mut emit, &mut rejected)?;
+        let mut rejects = |n: u64, l: &[u8], why: Rejected| reject(n, l, &why, why.reason());
+        s.read_lines(reader, &mut emit, &mut rejects)?;
     } else {
         match args.format {
             InputFormat::Csv => {
@@ -284,11 +279,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Outcome> {
             (engine.stats(), Some(engine))
         }
         Runner::Sharded(sharded) => {
-            let mut rejected = |n: u64, l: &[u8], why: Rejected| match why {
-                Rejected::Late(late) => reject(n, l, &late, "late"),
-                Rejected::Bad(e) => reject(n, l, &e, e.reason()),
-            };
-            let s = sharded.finish(!args.no_flush, &mut emit, &mut rejected)?;
+            let mut rejects = |n: u64, l: &[u8], why: Rejected| reject(n, l, &why, why.reason());
+            let s = sharded.finish(!args.no_flush, &mut emit, &mut rejects)?;
             let mut stats = s.engine;
             stats.late += s.late;
             (stats, None)

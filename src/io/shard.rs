@@ -337,6 +337,25 @@ pub enum Rejected {
     Bad(BadLine),
 }
 
+impl Rejected {
+    /// The dead-letter reason: `late`, or the bad line's.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Late(_) => "late",
+            Rejected::Bad(e) => e.reason(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Late(late) => late.fmt(f),
+            Rejected::Bad(e) => e.fmt(f),
+        }
+    }
+}
+
 enum Msg {
     /// An epoch of input.
     Epoch(Arc<Epoch>),
