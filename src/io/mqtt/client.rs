@@ -168,6 +168,9 @@ pub fn new(o: Options<'_>) -> (Client, EventLoop) {
             let (client, mut events) = rumqttc::AsyncClient::new(opts, o.capacity);
             let mut net = events.network_options();
             net.set_connection_timeout(b.connect_timeout.as_secs().max(1));
+            if let Some(n) = b.receive_buffer {
+                net.set_tcp_recv_buffer_size(n);
+            }
             events.set_network_options(net);
             (Client::V4(client), EventLoop::V4(Box::new(events)))
         }
@@ -191,6 +194,11 @@ pub fn new(o: Options<'_>) -> (Client, EventLoop) {
             }
             if let (Some(user), Some(pw)) = (user, o.password) {
                 opts.set_credentials(user, pw.expose_secret());
+            }
+            if let Some(n) = b.receive_buffer {
+                let mut net = opts.network_options();
+                net.set_tcp_recv_buffer_size(n);
+                opts.set_network_options(net);
             }
             let (client, events) = v5::AsyncClient::new(opts, o.capacity);
             (Client::V5(client), EventLoop::V5(Box::new(events)))
