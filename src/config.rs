@@ -146,10 +146,10 @@ pub struct BrokerConfig {
 /// back for long waiting for an acknowledgement (on loopback it would gather up to 64 KiB,
 /// about 18 ms of messages at 50,000/s), and still far more than a loopback round trip
 /// needs (docs/performance.md, "Live pipeline").
-pub const LOOPBACK_RECEIVE_BUFFER: u32 = 32 << 10;
+const LOOPBACK_RECEIVE_BUFFER: u32 = 32 << 10;
 
 /// True for a host name or address of this machine's loopback interface.
-pub fn is_loopback_host(host: &str) -> bool {
+fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')
@@ -1210,7 +1210,14 @@ impl Validator<'_> {
             );
         }
         let max_packet_size = match &b.max_packet_size {
-            Some(v) => self.size(v).unwrap_or(local.max_packet_size),
+            Some(v) => self
+                .size(
+                    v,
+                    "max_packet_size",
+                    16..=256 << 20,
+                    "between 16 bytes and 256 MiB",
+                )
+                .unwrap_or(local.max_packet_size),
             None => local.max_packet_size,
         };
         let inflight = self.int(&b.inflight, 1, 65535, i64::from(local.inflight)) as u16;
@@ -1285,27 +1292,20 @@ impl Validator<'_> {
         }
     }
 
-    /// `receive_buffer`: `"system"`, or bytes as for sizes, 4 KiB to 64 MiB.
+    /// `receive_buffer`: `"system"`, or a size from 4 KiB to 64 MiB.
     fn receive_buffer(&mut self, v: &Spanned<toml::Value>) -> Option<u32> {
-        let parsed = match v.get_ref() {
-            toml::Value::String(s) if s == "system" => return None,
-            toml::Value::Integer(n) => usize::try_from(*n).ok(),
-            toml::Value::String(s) => parse_size(s),
-            _ => None,
-        };
-        match parsed.filter(|n| (4 << 10..=64 << 20).contains(n)) {
-            Some(n) => u32::try_from(n).ok(),
-            None => {
-                let i = self.error(
-                    Code::E412,
-                    v.span(),
-                    "receive_buffer must be \"system\" or a size from 4 KiB to 64 MiB".into(),
-                    "not a buffer size",
-                );
-                self.note(
-                    i,
-                    "for example \"16KiB\", or \"system\" to let the kernel size it",
-                );
+        if v.get_ref().as_str() == Some("system") {
+            return None;
+        }
+        match self.size(
+            v,
+            "receive_buffer",
+            4 << 10..=64 << 20,
+            "between 4 KiB and 64 MiB",
+        ) {
+            Ok(n) => u32::try_from(n).ok(),
+            Err(i) => {
+                self.note(i, "or write \"system\" to let the kernel size it");
                 None
             }
         }
@@ -1406,31 +1406,35 @@ impl Validator<'_> {
         }
     }
 
-    /// Bytes: an integer, or a string with a unit (`"512KiB"`, `"1MiB"`, `"1MB"`).
-    fn size(&mut self, v: &Spanned<toml::Value>) -> Option<usize> {
+    /// Bytes: an integer, or a string with a unit (`"512KiB"`, `"1MiB"`, `"1MB"`), within
+    /// `range` (`bounds` says it in words); the error's index when it is not.
+    fn size(
+        &mut self,
+        v: &Spanned<toml::Value>,
+        key: &str,
+        range: std::ops::RangeInclusive<usize>,
+        bounds: &str,
+    ) -> Result<usize, usize> {
         let parsed = match v.get_ref() {
             toml::Value::Integer(n) => usize::try_from(*n).ok(),
             toml::Value::String(s) => parse_size(s),
             _ => None,
         };
         match parsed {
-            Some(n) if (16..=256 << 20).contains(&n) => Some(n),
-            Some(_) => {
-                self.error(
-                    Code::E412,
-                    v.span(),
-                    "max_packet_size must be between 16 bytes and 256 MiB".into(),
-                    "out of range",
-                );
-                None
-            }
+            Some(n) if range.contains(&n) => Ok(n),
+            Some(_) => Err(self.error(
+                Code::E412,
+                v.span(),
+                format!("{key} must be {bounds}"),
+                "out of range",
+            )),
             None => {
                 let i = self.error(Code::E412, v.span(), "invalid size".into(), "not a size");
                 self.note(
                     i,
                     "write bytes as an integer, or a string such as \"512KiB\" or \"1MiB\"",
                 );
-                None
+                Err(i)
             }
         }
     }

@@ -753,6 +753,18 @@ impl Shard {
         let mut late = 0u64;
         // The epoch scanned but not applied, with this worker's own part of it.
         let mut pending: Option<(Arc<Epoch>, Part)> = None;
+        // Applies the epoch held back, if any, and sends its alerts; false once the run is
+        // over (a peer or the caller gone).
+        let settle = |pending: &mut Option<(Arc<Epoch>, Part)>,
+                      engine: &mut Engine,
+                      clock: &mut Clock,
+                      late: &mut u64| {
+            let Some((epoch, part)) = pending.take() else {
+                return true;
+            };
+            self.apply(&reader, epoch, part, engine, clock, late)
+                .is_some_and(|applied| tx.send(Reply::Epoch(applied)).is_ok())
+        };
         while let Ok(msg) = rx.recv() {
             match msg {
                 Msg::Epoch(epoch) => {
@@ -767,28 +779,14 @@ impl Shard {
                             _ => own = Some(part),
                         }
                     }
-                    if let Some((before, part)) = pending.take() {
-                        let Some(applied) =
-                            self.apply(&reader, before, part, &mut engine, &mut clock, &mut late)
-                        else {
-                            return;
-                        };
-                        if tx.send(Reply::Epoch(applied)).is_err() {
-                            return;
-                        }
+                    if !settle(&mut pending, &mut engine, &mut clock, &mut late) {
+                        return;
                     }
                     pending = own.map(|part| (epoch, part));
                 }
                 Msg::Finish { flush } => {
-                    if let Some((before, part)) = pending.take() {
-                        let Some(applied) =
-                            self.apply(&reader, before, part, &mut engine, &mut clock, &mut late)
-                        else {
-                            return;
-                        };
-                        if tx.send(Reply::Epoch(applied)).is_err() {
-                            return;
-                        }
+                    if !settle(&mut pending, &mut engine, &mut clock, &mut late) {
+                        return;
                     }
                     let mut alerts = Vec::new();
                     if flush {
