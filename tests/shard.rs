@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use tern::cli::record::capture_line;
 use tern::sim::fleet::{Fleet, FleetConfig};
@@ -265,6 +265,44 @@ fn rejected_lines_reach_the_dead_letter_file_as_from_one_engine() {
         );
         assert_eq!(got, letters, "{workers} workers: dead letters differ");
     }
+    // Through a pipe, whose reads return a few KiB at a time, the blocks are the same.
+    let file = dir.join("dead-pipe.jsonl");
+    let mut child = Command::new(TERN)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["replay", "--input", "-", "--rules", &workload, &p1])
+        .args(["--no-emitted-at", "--workers", "2", "--dead-letter"])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(&messy).unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in bytes.chunks(7919) {
+            stdin.write_all(chunk).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut alerts: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    alerts.sort();
+    assert_eq!(alerts, one.alerts, "through a pipe: alerts differ");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        letters,
+        "through a pipe: dead letters differ"
+    );
 }
 
 #[test]

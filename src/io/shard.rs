@@ -41,8 +41,10 @@ use crate::io::input::{BadLine, JsonReader, Record, fast, is_blank};
 pub const BATCH: usize = 4096;
 /// Bytes of JSON Lines per epoch, read whole (a longer line makes a longer epoch).
 const BLOCK: usize = 1 << 20;
-/// Epochs a worker may have queued before the calling thread waits for it.
-const QUEUE: usize = 16;
+/// Epochs a worker may have queued before the calling thread waits for it: every worker
+/// gets every epoch and they keep step through their parts, so a short look-ahead keeps them
+/// busy, and each epoch queued is a read buffer in memory.
+const QUEUE: usize = 4;
 
 /// How events are routed: per stream, the fields whose values pick the worker.
 #[derive(Debug, Clone)]
@@ -154,6 +156,9 @@ struct Clock {
     max_seen: Vec<Option<Nanos>>,
     forced: Vec<Nanos>,
     now: Vec<Nanos>,
+    /// Per stream, its watermark as it stands (an event at or before it is late); the
+    /// maximum for a stream that belongs to no group.
+    limit: Vec<Nanos>,
 }
 
 impl Clock {
@@ -166,13 +171,32 @@ impl Clock {
                 }
             }
         }
-        Clock {
+        let mut clock = Clock {
             lateness: program.streams.iter().map(|s| s.lateness).collect(),
             group_of,
             members: members.to_vec(),
             max_seen: vec![None; program.streams.len()],
             forced: vec![Nanos::MIN; members.len()],
             now: vec![Nanos::MIN; members.len()],
+            limit: Vec::new(),
+        };
+        clock.limit = (0..program.streams.len())
+            .map(|s| match clock.group_of[s] {
+                usize::MAX => Nanos::MAX,
+                g => clock.watermark(s, g),
+            })
+            .collect();
+        clock
+    }
+
+    /// Brings the limits of group `g`'s streams up to date.
+    fn refresh(&mut self, g: usize) {
+        for i in 0..self.members.get(g).map_or(0, Vec::len) {
+            let s = self.members[g][i].0 as usize;
+            let w = self.watermark(s, g);
+            if let Some(l) = self.limit.get_mut(s) {
+                *l = w;
+            }
         }
     }
 
@@ -200,33 +224,41 @@ impl Clock {
     /// Accepts the time of an event of `stream`, or says it is late.
     fn push(&mut self, program: &Program, stream: u32, time: Nanos) -> Result<(), Late> {
         let s = stream as usize;
-        let Some(&g) = self.group_of.get(s).filter(|g| **g != usize::MAX) else {
-            return Err(Late {
-                stream: format!("#{stream}"),
-                time,
-                watermark: Nanos::MAX,
-            });
-        };
-        let watermark = self.watermark(s, g);
-        if time <= watermark {
-            return Err(Late {
-                stream: program.stream(StreamId(stream)).name.clone(),
-                time,
-                watermark,
-            });
+        if self.limit.get(s).is_none_or(|l| time <= *l) {
+            return Err(self.late(program, stream, time));
         }
         // Most events are not newer than their stream's newest: then nothing moves.
         if self.max_seen[s].is_none_or(|m| time > m) {
             self.max_seen[s] = Some(time);
+            let g = self.group_of[s];
             self.now[g] = self.now[g].max(self.group_watermark(g));
+            self.refresh(g);
         }
         Ok(())
+    }
+
+    /// Why an event of `stream` at `time` is late.
+    fn late(&self, program: &Program, stream: u32, time: Nanos) -> Late {
+        let s = stream as usize;
+        match self.group_of.get(s).filter(|g| **g != usize::MAX) {
+            Some(&g) => Late {
+                stream: program.stream(StreamId(stream)).name.clone(),
+                time,
+                watermark: self.watermark(s, g),
+            },
+            None => Late {
+                stream: format!("#{stream}"),
+                time,
+                watermark: Nanos::MAX,
+            },
+        }
     }
 
     fn set_watermark(&mut self, time: Nanos) {
         for g in 0..self.members.len() {
             self.forced[g] = self.forced[g].max(time);
             self.now[g] = self.now[g].max(self.group_watermark(g));
+            self.refresh(g);
         }
     }
 }
@@ -552,24 +584,19 @@ impl Sharded {
             text.append(&mut carry);
             let mut whole = memchr::memchr(b'\n', &text).is_some();
             let mut eof = false;
-            while !(whole && text.len() >= BLOCK) {
+            while !(eof || whole && text.len() >= BLOCK) {
                 let len = text.len();
-                text.resize(len.max(BLOCK / 2) * 2, 0);
-                let read = input.read(text.get_mut(len..).unwrap_or_default());
-                match read {
-                    Ok(0) => eof = true,
-                    Ok(k) => {
-                        whole |= memchr::memchr(b'\n', text.get(len..len + k).unwrap_or_default())
-                            .is_some();
-                        text.truncate(len + k);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read input")),
-                }
-                if eof {
-                    text.truncate(len);
-                    break;
-                }
+                let want = len.max(BLOCK / 2) * 2 - len;
+                text.reserve(want);
+                // Reads into the spare capacity as it is: a file is not zeroed first.
+                let got = std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut input, want as u64),
+                    &mut text,
+                )
+                .map_err(|e| anyhow::Error::new(e).context("cannot read input"))?;
+                // Short of `want`: the input has ended.
+                eof = got < want;
+                whole |= memchr::memchr(b'\n', text.get(len..).unwrap_or_default()).is_some();
             }
             let cut = if eof {
                 text.len()
@@ -730,6 +757,15 @@ struct Scanned {
     bad: Vec<BadLine>,
 }
 
+/// What a worker's scan of the last epoch held, to size the next one's buffers.
+#[derive(Default)]
+struct Sizes {
+    marks: usize,
+    events: Vec<usize>,
+    spans: Vec<usize>,
+    scratch: Vec<u32>,
+}
+
 /// A worker's place among the others.
 struct Shard {
     me: usize,
@@ -751,6 +787,7 @@ impl Shard {
         let reader = JsonReader::new(&program, self.default_stream);
         let mut clock = Clock::new(&program, engine.groups());
         let mut late = 0u64;
+        let mut sizes = Sizes::default();
         // The epoch scanned but not applied, with this worker's own part of it.
         let mut pending: Option<(Arc<Epoch>, Part)> = None;
         // Applies the epoch held back, if any, and sends its alerts; false once the run is
@@ -769,7 +806,11 @@ impl Shard {
             match msg {
                 Msg::Epoch(epoch) => {
                     let mut own = None;
-                    for (to, part) in self.scan(&epoch, &program, &reader).into_iter().enumerate() {
+                    for (to, part) in self
+                        .scan(&epoch, &program, &reader, &mut sizes)
+                        .into_iter()
+                        .enumerate()
+                    {
                         match self.to_peers.get(to) {
                             Some(Some(peer)) => {
                                 if peer.send(part).is_err() {
@@ -807,12 +848,26 @@ impl Shard {
 
     /// Reads this worker's share of `epoch` (time, key and where the values are; the
     /// general path only for what the fast scan leaves) and routes it: one part per worker.
-    fn scan(&self, epoch: &Epoch, program: &Program, reader: &JsonReader<'_>) -> Vec<Part> {
+    fn scan(
+        &self,
+        epoch: &Epoch,
+        program: &Program,
+        reader: &JsonReader<'_>,
+        sizes: &mut Sizes,
+    ) -> Vec<Part> {
+        // Each buffer is allocated at about the size the last epoch's needed (with a margin),
+        // not grown: growing copies, and touches fresh memory (zeroed by the kernel) every
+        // epoch.
+        let room = |n: usize| n + n / 8 + 16;
         let mut out = Scanned {
-            marks: Vec::new(),
-            events: (0..self.n).map(|_| Vec::new()).collect(),
-            spans: (0..self.n).map(|_| Vec::new()).collect(),
-            scratch: Vec::new(),
+            marks: Vec::with_capacity(room(sizes.marks)),
+            events: (0..self.n)
+                .map(|to| Vec::with_capacity(room(sizes.events.get(to).copied().unwrap_or(0))))
+                .collect(),
+            spans: (0..self.n)
+                .map(|to| Vec::with_capacity(room(sizes.spans.get(to).copied().unwrap_or(0))))
+                .collect(),
+            scratch: std::mem::take(&mut sizes.scratch),
             bad: Vec::new(),
         };
         if epoch.block {
@@ -838,9 +893,13 @@ impl Shard {
             marks,
             events,
             spans,
+            scratch,
             mut bad,
-            ..
         } = out;
+        sizes.marks = marks.len();
+        sizes.events = events.iter().map(Vec::len).collect();
+        sizes.spans = spans.iter().map(Vec::len).collect();
+        sizes.scratch = scratch;
         let marks = Arc::new(marks);
         events
             .into_iter()
