@@ -63,13 +63,21 @@ fn replay(args: &[&str], workers: u16) -> Replay {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "replay failed: {stderr}");
-    let mut alerts: Vec<String> = String::from_utf8(out.stdout)
+    Replay {
+        alerts: sorted_lines(out.stdout),
+        stderr,
+    }
+}
+
+/// A replay's alerts, one per line, sorted.
+fn sorted_lines(stdout: Vec<u8>) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8(stdout)
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
-    alerts.sort();
-    Replay { alerts, stderr }
+    lines.sort();
+    lines
 }
 
 /// Replays with 1, 2 and 4 workers and requires the same alerts and counters; returns the
@@ -291,13 +299,11 @@ fn rejected_lines_reach_the_dead_letter_file_as_from_one_engine() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut alerts: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    alerts.sort();
-    assert_eq!(alerts, one.alerts, "through a pipe: alerts differ");
+    assert_eq!(
+        sorted_lines(out.stdout),
+        one.alerts,
+        "through a pipe: alerts differ"
+    );
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         letters,
