@@ -757,7 +757,8 @@ struct Scanned {
     bad: Vec<BadLine>,
 }
 
-/// What a worker's scan of the last epoch held, to size the next one's buffers.
+/// How much a worker's scan of the last epoch held, to size the next one's buffers, and the
+/// scan's scratch buffer, kept between epochs.
 #[derive(Default)]
 struct Sizes {
     marks: usize,
