@@ -617,14 +617,7 @@ pub(crate) mod fast {
     /// The event, or `None` when the line needs the general path (which explains errors).
     pub fn decode(schema: &StreamSchema, stream: StreamId, line: &[u8]) -> Option<Event> {
         Event::build(stream.0, schema.fields.len(), |values| {
-            scan(
-                schema,
-                line,
-                u64::MAX,
-                |i, v| values.set(i, v.to_value()),
-                |_, _, _| {},
-            )
-            .ok_or(())?;
+            scan(schema, line, |i, v| values.set(i, v.to_value())).ok_or(())?;
             time_of(schema, values)
         })
         .ok()
@@ -639,109 +632,125 @@ pub(crate) mod fast {
         }
     }
 
-    /// What [`decode`] would give, reduced to the event time and the values of `fields`
-    /// (fed to `key`, in the order of `fields`), without building the event: `None` exactly
-    /// when `decode` gives `None`. With `spans`, also appends where each field's value lies
-    /// in the line (two offsets per field of the schema, both 0 when absent), so that
-    /// [`decode_at`] can build the event without scanning the line again.
-    pub fn time_and_key<'a>(
-        schema: &StreamSchema,
-        line: &'a [u8],
-        fields: &[u16],
-        mut key: impl FnMut(ValueRef<'a>),
-        mut spans: Option<&mut Vec<u32>>,
-    ) -> Option<Nanos> {
-        let mut time = None;
-        // Key values arrive in line order; they are fed in key order once all are known.
-        let mut found: [Option<ValueRef<'a>>; 4] = [None; 4];
-        // Spans are u32 offsets: a longer line takes the general path.
-        if fields.len() > found.len() || u32::try_from(line.len()).is_err() {
-            return None;
-        }
-        let mut wanted = 1u64 << schema.time_field.min(63);
-        for f in fields {
-            wanted |= 1u64 << (*f).min(63);
-        }
-        let first = spans.as_deref().map_or(0, Vec::len);
-        if let Some(spans) = spans.as_deref_mut() {
-            spans.resize(first + 2 * schema.fields.len(), 0);
-        }
-        let scanned = scan(
-            schema,
-            line,
-            wanted,
-            |i, v| {
-                if i == schema.time_field {
-                    time = match v {
-                        ValueRef::Timestamp(t) => Some(t),
-                        _ => None,
-                    };
+    /// A value as [`read`] read it, for [`build`] to make into an event later (on
+    /// another thread): scalars converted, a string as where its text lies in the line.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Raw {
+        /// Null, or absent.
+        Null,
+        /// `bool`
+        Bool(bool),
+        /// `int`
+        Int(i64),
+        /// `float`
+        Float(f64),
+        /// `timestamp`, converted.
+        Timestamp(Nanos),
+        /// `duration`
+        Duration(Nanos),
+        /// A string's text (UTF-8, no escapes): its start and end in the line.
+        Text(u32, u32),
+    }
+
+    impl Raw {
+        /// Feeds the value to `h` as [`ValueRef::hash_into`] feeds the value it stands for
+        /// (`line`: the line it was read from).
+        pub fn hash_into<H: std::hash::Hasher>(self, line: &[u8], h: &mut H) {
+            match self {
+                Raw::Null => ValueRef::Null.hash_into(h),
+                Raw::Bool(b) => ValueRef::Bool(b).hash_into(h),
+                Raw::Int(x) => ValueRef::Int(x).hash_into(h),
+                Raw::Float(x) => ValueRef::Float(x).hash_into(h),
+                Raw::Timestamp(t) => ValueRef::Timestamp(t).hash_into(h),
+                Raw::Duration(d) => ValueRef::Duration(d).hash_into(h),
+                Raw::Text(a, b) => {
+                    crate::event::hash_text(line.get(a as usize..b as usize).unwrap_or_default(), h)
                 }
-                for (k, f) in fields.iter().enumerate() {
-                    if *f as usize == i {
-                        found[k] = Some(v);
-                    }
-                }
-            },
-            |i, start, end| {
-                let at = first + 2 * i;
-                if let Some([a, b]) = spans.as_deref_mut().and_then(|s| s.get_mut(at..at + 2)) {
-                    // Both fit: the line's length does.
-                    (*a, *b) = (start as u32, end as u32);
-                }
-            },
-        );
-        if scanned.is_none() {
-            if let Some(spans) = spans {
-                spans.truncate(first);
             }
+        }
+    }
+
+    /// Reads a line as [`decode`] would, without building the event: appends every value
+    /// (one per field of the schema, null when absent) to `raws`, so that [`build`] can make
+    /// the event later without reading the line again, and gives the event time. `None`
+    /// exactly when `decode` gives `None`, and then `raws` is as it was.
+    pub fn read(schema: &StreamSchema, line: &[u8], raws: &mut Vec<Raw>) -> Option<Nanos> {
+        // Text is located by u32 offsets: a longer line takes the general path.
+        if u32::try_from(line.len()).is_err() {
             return None;
         }
-        for v in found.iter().take(fields.len()) {
-            key(v.unwrap_or(ValueRef::Null));
+        let first = raws.len();
+        raws.resize(first + schema.fields.len(), Raw::Null);
+        let values = raws.get_mut(first..).unwrap_or_default();
+        let scanned = scan(schema, line, |i, v| {
+            if let Some(r) = values.get_mut(i) {
+                *r = match v {
+                    ValueRef::Null => Raw::Null,
+                    ValueRef::Bool(b) => Raw::Bool(b),
+                    ValueRef::Int(x) => Raw::Int(x),
+                    ValueRef::Float(x) => Raw::Float(x),
+                    ValueRef::Timestamp(t) => Raw::Timestamp(t),
+                    ValueRef::Duration(d) => Raw::Duration(d),
+                    // The text is a slice of the line; both offsets fit in a u32, as the
+                    // line's length does.
+                    ValueRef::Str(t) => {
+                        let at = (t.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+                        Raw::Text(at as u32, (at + t.len()) as u32)
+                    }
+                };
+            }
+        });
+        let time = match (scanned, raws.get(first + schema.time_field)) {
+            (Some(()), Some(Raw::Timestamp(t))) => Some(*t),
+            _ => None,
+        };
+        if time.is_none() {
+            raws.truncate(first);
         }
         time
     }
 
-    /// The event [`decode`] gives for a line [`time_and_key`] accepted, built from the spans
-    /// it recorded (`spans`: two offsets per field) without scanning the line again. `None`
-    /// if the spans do not fit the line (the caller then decodes it in full).
-    pub fn decode_at(
+    /// The event [`decode`] gives for a line [`read`] accepted, made from the values
+    /// it read (`raws`, one per field) without reading the line again. `None` if they do not
+    /// fit the line (the caller then decodes it in full).
+    pub fn build(
         schema: &StreamSchema,
         stream: StreamId,
         line: &[u8],
-        spans: &[u32],
+        raws: &[Raw],
     ) -> Option<Event> {
         Event::build(stream.0, schema.fields.len(), |values| {
-            for (i, f) in schema.fields.iter().enumerate() {
-                let (a, b) = match spans.get(2 * i..2 * i + 2) {
-                    Some(&[a, b]) => (a as usize, b as usize),
-                    _ => return Err(()),
+            if raws.len() != values.len() {
+                return Err(());
+            }
+            for (i, raw) in raws.iter().enumerate() {
+                let v = match *raw {
+                    // Every value is null until set.
+                    Raw::Null => continue,
+                    Raw::Bool(b) => ValueRef::Bool(b),
+                    Raw::Int(x) => ValueRef::Int(x),
+                    Raw::Float(x) => ValueRef::Float(x),
+                    Raw::Timestamp(t) => ValueRef::Timestamp(t),
+                    Raw::Duration(d) => ValueRef::Duration(d),
+                    Raw::Text(a, b) => ValueRef::Str(
+                        std::str::from_utf8(line.get(a as usize..b as usize).ok_or(())?)
+                            .map_err(|_| ())?,
+                    ),
                 };
-                // Absent (a value is never empty): null, as decoding leaves it.
-                if a == b {
-                    continue;
-                }
-                let mut s = Scan {
-                    b: line.get(a..b).ok_or(())?,
-                    i: 0,
-                };
-                values.set(i, value(&mut s, ty_of(f.ty.base)).ok_or(())?.to_value());
+                values.set(i, v.to_value());
             }
             time_of(schema, values)
         })
         .ok()
     }
 
-    /// Reads one flat JSON object of `schema`'s fields, handing the value of each field in
-    /// `wanted` (bit i: field i) to `field`; the others are only checked. `None` when the
-    /// line needs the general path.
+    /// Reads one flat JSON object of `schema`'s fields, handing the value of each field to
+    /// `field`. `None` when the line needs the general path.
+    #[inline(always)]
     fn scan<'a>(
         schema: &StreamSchema,
         line: &'a [u8],
-        wanted: u64,
         mut field: impl FnMut(usize, ValueRef<'a>),
-        mut span: impl FnMut(usize, usize, usize),
     ) -> Option<()> {
         let n = schema.fields.len();
         // Bit i of `seen`: field i was present, of `nulls`: it was null (wider schemas take
@@ -775,15 +784,9 @@ pub(crate) mod fast {
                 match idx {
                     Some(i) => {
                         let ty = ty_of(schema.fields[i].ty.base);
-                        let start = s.i;
-                        let null = if wanted & (1 << i) != 0 {
-                            let v = value(&mut s, ty)?;
-                            field(i, v);
-                            v == ValueRef::Null
-                        } else {
-                            check(&mut s, ty)?
-                        };
-                        span(i, start, s.i);
+                        let v = value(&mut s, ty)?;
+                        field(i, v);
+                        let null = v == ValueRef::Null;
                         // A repeated name: the last value wins, as in serde_json's map.
                         if null {
                             nulls |= 1 << i;
@@ -855,28 +858,6 @@ pub(crate) mod fast {
             }
             _ => return None,
         })
-    }
-
-    /// Checks that [`value`] would accept the scalar, converting it only when that is the
-    /// only way to know (a number too long to be sure of, a timestamp text); true for null.
-    #[inline(always)]
-    fn check(s: &mut Scan<'_>, ty: Ty) -> Option<bool> {
-        if !matches!(s.peek()?, b'-' | b'0'..=b'9') || !matches!(ty, Ty::Int | Ty::Float) {
-            return value(s, ty).map(|v| v == ValueRef::Null);
-        }
-        let start = s.i;
-        let n = s.number()?;
-        // At most 18 digits fit an i64; a decimal of at most 16 characters without exponent
-        // is a finite f64. Longer ones are converted to find out.
-        let sure = match ty {
-            Ty::Int => n.integer && n.digits <= 18,
-            _ => n.text.len() <= 16 && !n.exponent,
-        };
-        if !sure {
-            s.i = start;
-            value(s, ty)?;
-        }
-        Some(false)
     }
 
     /// Skips the scalar value of a field the schema does not have.
@@ -1106,11 +1087,9 @@ mod tests {
             b"{\"id\":\"a\xc3\",\"ts\":1,\"x\":1}",
         ] {
             assert!(fast::decode(schema, stream, line).is_none(), "{line:?}");
-            assert_eq!(
-                fast::time_and_key(schema, line, &[0], |_| {}, None),
-                None,
-                "{line:?}"
-            );
+            let mut raws = Vec::new();
+            assert_eq!(fast::read(schema, line, &mut raws), None, "{line:?}");
+            assert!(raws.is_empty(), "{line:?}");
             let err = reader.bytes(line).unwrap_err();
             assert!(
                 err.to_string().starts_with("invalid JSON: not UTF-8"),
@@ -1120,48 +1099,53 @@ mod tests {
     }
 
     #[test]
-    fn reading_only_time_and_key_accepts_exactly_what_decoding_accepts() {
+    fn reading_values_accepts_exactly_what_decoding_accepts() {
+        use std::hash::{BuildHasher, Hasher};
         let program = program();
         let stream = program.stream_id("s").unwrap();
         let schema = program.stream(stream);
-        // Key fields out of line order, one of them nullable.
-        let key = [3u16, 0];
-        // Spans of several lines in one buffer, as an epoch holds them.
-        let mut spans = vec![7u32];
+        let hasher = std::collections::hash_map::RandomState::new();
+        // Values of several lines in one buffer, as an epoch's part holds them.
+        let mut raws = vec![fast::Raw::Int(7)];
         for line in TRICKY {
-            let mut got = Vec::new();
-            let time = fast::time_and_key(
-                schema,
-                line.as_bytes(),
-                &key,
-                |v| got.push(v.to_value()),
-                None,
-            );
-            let before = spans.len();
-            let again = fast::time_and_key(schema, line.as_bytes(), &key, |_| {}, Some(&mut spans));
-            assert_eq!(time, again, "{line}");
+            let before = raws.len();
+            let time = fast::read(schema, line.as_bytes(), &mut raws);
             match fast::decode(schema, stream, line.as_bytes()) {
                 Some(ev) => {
                     assert_eq!(time, Some(ev.time()), "{line}");
-                    let want: Vec<Value> = key.iter().map(|k| ev.value(*k as usize)).collect();
-                    assert_eq!(got, want, "{line}");
-                    // The event built from the spans, without a second scan, is the same.
-                    assert_eq!(spans.len(), before + 2 * schema.fields.len(), "{line}");
-                    let at = fast::decode_at(schema, stream, line.as_bytes(), &spans[before..]);
-                    assert_eq!(at, Some(ev), "{line}");
+                    assert_eq!(raws.len(), before + schema.fields.len(), "{line}");
+                    let read = &raws[before..];
+                    // The event built from the values read, without a second scan, is the
+                    // same.
+                    let built = fast::build(schema, stream, line.as_bytes(), read);
+                    assert_eq!(built.as_ref(), Some(&ev), "{line}");
+                    // Each value read hashes as the decoded one: a line is routed alike
+                    // whichever way it was decoded.
+                    for (i, raw) in read.iter().enumerate() {
+                        let mut a = hasher.build_hasher();
+                        raw.hash_into(line.as_bytes(), &mut a);
+                        let mut b = hasher.build_hasher();
+                        ev.get(i).unwrap().hash_into(&mut b);
+                        assert_eq!(a.finish(), b.finish(), "{line}: field {i}");
+                    }
                 }
                 None => {
                     assert_eq!(time, None, "{line}");
-                    assert_eq!(spans.len(), before, "{line}: spans of a refused line");
+                    assert_eq!(raws.len(), before, "{line}: values of a refused line");
                 }
             }
         }
-        // Spans that do not fit the line are refused, not trusted.
+        // Values that do not fit the line are refused, not trusted.
         let line = TRICKY[0].as_bytes();
-        let mut spans = Vec::new();
-        fast::time_and_key(schema, line, &key, |_| {}, Some(&mut spans)).unwrap();
-        assert!(fast::decode_at(schema, stream, &line[..line.len() / 2], &spans).is_none());
-        assert!(fast::decode_at(schema, stream, line, &spans[..2]).is_none());
+        let mut raws = Vec::new();
+        fast::read(schema, line, &mut raws).unwrap();
+        let Some(&fast::Raw::Text(start, _)) =
+            raws.iter().find(|r| matches!(r, fast::Raw::Text(..)))
+        else {
+            panic!("no string among {raws:?}");
+        };
+        assert!(fast::build(schema, stream, &line[..start as usize], &raws).is_none());
+        assert!(fast::build(schema, stream, line, &raws[..2]).is_none());
     }
 
     #[test]

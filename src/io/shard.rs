@@ -2,16 +2,17 @@
 //! the per-event path).
 //!
 //! The calling thread only cuts the input into epochs of records, shared by every worker.
-//! Each worker decodes its share of an epoch (a contiguous slice, so each line is decoded
-//! once, in parallel) and passes every other worker the events it owns, with a mark per
-//! record: time, stream, owner, or not an event. Each worker then walks all the marks of the
+//! Each worker reads its share of an epoch (a contiguous slice, so each line is read once,
+//! in parallel) into its values, and passes them to every other worker with a mark per
+//! record: time, stream, owner, or not an event; each owner builds its own events from them. Each worker then walks all the marks of the
 //! epoch in input order, so every worker's clock sees every record: it decides lateness
 //! exactly as one engine would and feeds its own events to its engine. At the end of each
 //! epoch it advances its engine's groups to the clock's time ([`Engine::advance_group`]), so
 //! each worker releases events and fires timeouts at the same event times as a single
 //! engine. A key's events and timers reach its rules in the same order as in one engine, so
-//! every alert (id included) is the same. A worker decodes epoch k+1 before it applies epoch
-//! k, so the other workers' shares of k have usually arrived when it needs them.
+//! every alert (id included) is the same. A worker's inbox takes epochs and its peers' parts
+//! alike: it applies its oldest epoch as soon as every part of it has come and scans the
+//! next epochs while one has not, so it waits only when it has nothing else to do.
 //!
 //! `Clock` mirrors the engine's watermark rule (docs/semantics.md §2): a change to that rule
 //! in the engine must be made here too (`tests/shard.rs` compares late counts and alerts with
@@ -26,7 +27,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use crate::compile::hir::{Program, StreamId};
@@ -34,16 +35,17 @@ use crate::compile::schema::StreamSchema;
 use crate::engine::alert::Alert;
 use crate::engine::{Engine, Late, Stats};
 use crate::event::{Event, Nanos, ValueRef};
-use crate::io::input::{BadLine, JsonReader, Record, fast, is_blank};
+use crate::io::input::fast::{self, Raw};
+use crate::io::input::{BadLine, JsonReader, Record, is_blank};
 
 /// Input records per epoch: one message per worker per epoch, so channels cost nothing per
 /// event.
 pub const BATCH: usize = 4096;
 /// Bytes of JSON Lines per epoch, read whole (a longer line makes a longer epoch).
 const BLOCK: usize = 1 << 20;
-/// Epochs a worker may have queued before the calling thread waits for it: every worker
-/// gets every epoch and they keep step through their parts, so a short look-ahead keeps them
-/// busy, and each epoch queued is a read buffer in memory.
+/// Epochs sent and not yet applied by every worker before the calling thread waits: a worker
+/// that cannot apply its oldest epoch yet (a peer's part of it has not come) scans the next
+/// ones meanwhile, so a few keep both busy, and each is a read buffer in memory.
 const QUEUE: usize = 4;
 
 /// How events are routed: per stream, the fields whose values pick the worker.
@@ -125,20 +127,23 @@ impl Router {
         schema: &StreamSchema,
         stream: StreamId,
         line: &[u8],
-        spans: &mut Vec<u32>,
+        raws: &mut Vec<Raw>,
     ) -> Option<(usize, Nanos)> {
         let fields = match self.routes.get(stream.0 as usize) {
             Some(Some(fields)) => fields.as_slice(),
             _ => &[],
         };
+        let first = raws.len();
+        let time = fast::read(schema, line, raws)?;
+        if fields.is_empty() {
+            return Some((0, time));
+        }
         let mut h = self.hasher.build_hasher();
-        let time = fast::time_and_key(schema, line, fields, |v| v.hash_into(&mut h), Some(spans))?;
-        let w = if fields.is_empty() {
-            0
-        } else {
-            self.pick(h.finish())
-        };
-        Some((w, time))
+        for f in fields {
+            let raw = raws.get(first + *f as usize).copied().unwrap_or(Raw::Null);
+            raw.hash_into(line, &mut h);
+        }
+        Some((self.pick(h.finish()), time))
     }
 
     fn pick(&self, hash: u64) -> usize {
@@ -329,7 +334,7 @@ fn line_at(text: &[u8], start: usize, end: usize) -> (usize, usize) {
 #[derive(Clone, Copy)]
 enum Mark {
     /// An event of `stream` at `time`, owned by worker `owner`: `decoded` in the part's
-    /// events, otherwise a JSON line whose values are where the part's spans say.
+    /// events, otherwise a JSON line whose values the part's raws hold.
     Event {
         stream: u32,
         time: Nanos,
@@ -351,11 +356,11 @@ struct Part {
     /// The share's decoded events that the receiver owns, in order: lines that took the
     /// general path, and events the caller decoded.
     events: Vec<Event>,
-    /// For the share's other lines that the receiver owns, in order: where the line is in
-    /// the epoch's text and where its values are in the line (two offsets each, then two per
-    /// field of the default stream), so that the owner builds each event itself, in its own
-    /// memory, without scanning the line again.
-    spans: Vec<u32>,
+    /// For each of the share's other events, in order and whoever owns it: where the line
+    /// is in the epoch's text (a `Raw::Text`), then its values as the scan read them, one
+    /// per field of the default stream, so that the owner builds each event itself, in its
+    /// own memory, without reading the line again (the same for every receiver).
+    raws: Arc<Vec<Raw>>,
     /// The share's bad lines, in order; only worker 0 gets them.
     bad: Vec<BadLine>,
 }
@@ -388,11 +393,17 @@ impl std::fmt::Display for Rejected {
     }
 }
 
+/// What a worker receives, from the calling thread or a peer, in one inbox: it takes
+/// whichever comes, so it never waits on one while the other has work for it.
 enum Msg {
     /// An epoch of input.
     Epoch(Arc<Epoch>),
+    /// A peer's scan of its share of the next epoch (in order) from that peer.
+    Part { from: usize, part: Part },
     /// End of input: advance time to the end (when `flush`), report and stop.
     Finish { flush: bool },
+    /// Stop now: the caller has given up on the run.
+    Stop,
 }
 
 /// What a worker reports for one epoch.
@@ -413,7 +424,7 @@ enum Reply {
 }
 
 struct Worker {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     rx: Receiver<Reply>,
     handle: JoinHandle<()>,
 }
@@ -456,35 +467,20 @@ impl Sharded {
         default_stream: Option<StreamId>,
     ) -> anyhow::Result<Sharded> {
         let n = router.workers;
-        // A channel from every worker to every other, for the parts of the epochs it scans.
-        let mut part_tx: Vec<Vec<Option<SyncSender<Part>>>> = Vec::with_capacity(n);
-        let mut part_rx: Vec<Vec<Option<Receiver<Part>>>> =
-            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-        for from in 0..n {
-            let mut row = Vec::with_capacity(n);
-            for (to, inbox) in part_rx.iter_mut().enumerate() {
-                if from == to {
-                    row.push(None);
-                    continue;
-                }
-                let (tx, rx) = sync_channel::<Part>(QUEUE);
-                row.push(Some(tx));
-                inbox[from] = Some(rx);
-            }
-            part_tx.push(row);
-        }
+        // Unbounded: what is in flight is bounded by the epochs outstanding (QUEUE), and a
+        // worker never blocks sending to a peer that is itself sending to it.
+        let inboxes: Vec<(Sender<Msg>, Receiver<Msg>)> = (0..n).map(|_| channel()).collect();
+        let senders: Vec<Sender<Msg>> = inboxes.iter().map(|(tx, _)| tx.clone()).collect();
         let mut workers = Vec::with_capacity(n);
-        for (me, (to_peers, from_peers)) in part_tx.into_iter().zip(part_rx).enumerate() {
+        for (me, (tx, in_rx)) in inboxes.into_iter().enumerate() {
             let engine = Engine::new(Arc::clone(&program))?;
-            let (tx, in_rx) = sync_channel::<Msg>(QUEUE);
-            let (out_tx, rx) = sync_channel::<Reply>(QUEUE * 4);
+            let (out_tx, rx) = channel::<Reply>();
             let shard = Shard {
                 me,
                 n,
                 router: router.clone(),
                 default_stream,
-                to_peers,
-                from_peers,
+                peers: senders.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("tern-worker-{me}"))
@@ -542,7 +538,7 @@ impl Sharded {
         });
         if self.filling.items.len() >= BATCH {
             self.send_epoch()?;
-            self.collect(false, emit, reject)?;
+            self.collect(QUEUE, emit, reject)?;
         }
         Ok(())
     }
@@ -611,7 +607,7 @@ impl Sharded {
                     items: Vec::new(),
                     block: true,
                 })?;
-                self.collect(false, emit, reject)?;
+                self.collect(QUEUE, emit, reject)?;
             }
             if eof {
                 return Ok(());
@@ -619,27 +615,63 @@ impl Sharded {
         }
     }
 
-    /// Takes what the workers have sent back and emits every epoch complete in all of them;
-    /// with `wait`, waits until every epoch sent is complete.
-    fn collect(&mut self, wait: bool, emit: Emit<'_>, reject: Reject<'_>) -> anyhow::Result<()> {
-        // A worker's replies come in epoch order: each fills its oldest empty slot.
-        for (wi, w) in self.workers.iter().enumerate() {
-            while let Some((_, slot)) = self.outstanding.iter_mut().find(|(_, r)| r[wi].is_none()) {
-                let reply = if wait {
-                    w.rx.recv()
-                        .map_err(|_| anyhow::anyhow!("a worker stopped"))?
-                } else {
-                    match w.rx.try_recv() {
-                        Ok(r) => r,
-                        Err(_) => break,
-                    }
-                };
-                match reply {
-                    Reply::Epoch(applied) => slot[wi] = Some(applied),
-                    Reply::Done(..) => anyhow::bail!("a worker stopped early"),
+    /// Takes what the workers have sent back and emits every epoch complete in all of them,
+    /// waiting until at most `keep` epochs sent are not complete.
+    fn collect(&mut self, keep: usize, emit: Emit<'_>, reject: Reject<'_>) -> anyhow::Result<()> {
+        loop {
+            for wi in 0..self.workers.len() {
+                // Only replies for epochs sent: the last one is followed by the counters.
+                while self.lacks(wi) {
+                    let Ok(reply) = self.workers[wi].rx.try_recv() else {
+                        break;
+                    };
+                    self.take(wi, reply)?;
                 }
             }
+            self.emit_done(emit, reject);
+            if self.outstanding.len() <= keep {
+                return Ok(());
+            }
+            // The oldest epoch is not complete: wait for a worker it lacks.
+            let lacking = self
+                .outstanding
+                .front()
+                .and_then(|(_, r)| r.iter().position(Option::is_none));
+            if let Some(wi) = lacking {
+                let reply = self.workers[wi]
+                    .rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a worker stopped"))?;
+                self.take(wi, reply)?;
+            }
         }
+    }
+
+    /// Whether an epoch sent still lacks worker `wi`'s reply.
+    fn lacks(&self, wi: usize) -> bool {
+        self.outstanding
+            .iter()
+            .any(|(_, r)| r.get(wi).is_some_and(Option::is_none))
+    }
+
+    /// Files a reply of worker `wi`: its replies come in epoch order, each for its oldest
+    /// epoch without one.
+    fn take(&mut self, wi: usize, reply: Reply) -> anyhow::Result<()> {
+        let slot = self
+            .outstanding
+            .iter_mut()
+            .find_map(|(_, r)| r.get_mut(wi).filter(|r| r.is_none()));
+        match (reply, slot) {
+            (Reply::Epoch(applied), Some(slot)) => {
+                *slot = Some(applied);
+                Ok(())
+            }
+            _ => anyhow::bail!("a worker stopped early"),
+        }
+    }
+
+    /// Emits the alerts and rejects of the oldest epochs while they are complete.
+    fn emit_done(&mut self, emit: Emit<'_>, reject: Reject<'_>) {
         while self
             .outstanding
             .front()
@@ -698,7 +730,6 @@ impl Sharded {
                 self.spare.push(spent);
             }
         }
-        Ok(())
     }
 
     /// End of input: sends what is pending, advances time to the end when `flush`, emits the
@@ -720,9 +751,9 @@ impl Sharded {
         let none = self.workers.iter().map(|_| None).collect();
         self.outstanding
             .push_back((Arc::new(Epoch::default()), none));
-        self.collect(true, emit, reject)?;
+        self.collect(0, emit, reject)?;
         let mut stats = ShardStats::default();
-        for (wi, w) in self.workers.into_iter().enumerate() {
+        for (wi, w) in std::mem::take(&mut self.workers).into_iter().enumerate() {
             match w.rx.recv() {
                 Ok(Reply::Done(s, late)) => {
                     stats.engine.events += s.events;
@@ -746,25 +777,31 @@ impl Sharded {
     }
 }
 
+impl Drop for Sharded {
+    /// A run given up (an error on the way) stops its workers: each waits on its peers as
+    /// well as on this thread, so closing its inbox alone would not end it.
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.tx.send(Msg::Stop);
+        }
+    }
+}
+
 /// A share of an epoch as it is scanned.
 struct Scanned {
     marks: Vec<Mark>,
     /// Per worker, as in [`Part`].
     events: Vec<Vec<Event>>,
-    spans: Vec<Vec<u32>>,
-    /// The spans of the line being scanned, before its owner is known.
-    scratch: Vec<u32>,
+    raws: Vec<Raw>,
     bad: Vec<BadLine>,
 }
 
-/// How much a worker's scan of the last epoch held, to size the next one's buffers, and the
-/// scan's scratch buffer, kept between epochs.
+/// How much a worker's scan of the last epoch held, to size the next one's buffers.
 #[derive(Default)]
 struct Sizes {
     marks: usize,
     events: Vec<usize>,
-    spans: Vec<usize>,
-    scratch: Vec<u32>,
+    raws: usize,
 }
 
 /// A worker's place among the others.
@@ -773,76 +810,133 @@ struct Shard {
     n: usize,
     router: Router,
     default_stream: Option<StreamId>,
-    /// Per worker, the channel to it (none to itself).
-    to_peers: Vec<Option<SyncSender<Part>>>,
-    /// Per worker, the channel from it.
-    from_peers: Vec<Option<Receiver<Part>>>,
+    /// Every worker's inbox (its own included, unused).
+    peers: Vec<Sender<Msg>>,
+}
+
+/// What a worker holds between messages.
+struct Queues {
+    /// Epochs received, not yet scanned.
+    inputs: VecDeque<Arc<Epoch>>,
+    /// Epochs scanned, not yet applied, with this worker's own part of each.
+    scanned: VecDeque<(Arc<Epoch>, Part)>,
+    /// Per worker, the parts it sent that are not yet applied, in epoch order.
+    parts: Vec<VecDeque<Part>>,
+    /// End of input, once told: whether to advance time to the end.
+    finish: Option<bool>,
+    /// Told to stop at once (the caller gave up).
+    stop: bool,
+}
+
+impl Queues {
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Epoch(epoch) => self.inputs.push_back(epoch),
+            Msg::Part { from, part } => {
+                if let Some(q) = self.parts.get_mut(from) {
+                    q.push_back(part);
+                }
+            }
+            Msg::Finish { flush } => self.finish = Some(flush),
+            Msg::Stop => self.stop = true,
+        }
+    }
+
+    /// The oldest epoch scanned with every peer's part of it, if all have come.
+    fn ready(&mut self, me: usize) -> Option<(Arc<Epoch>, Vec<Part>)> {
+        let all_in = self
+            .parts
+            .iter()
+            .enumerate()
+            .all(|(from, q)| from == me || !q.is_empty());
+        if !all_in {
+            return None;
+        }
+        let (epoch, own) = self.scanned.pop_front()?;
+        let mut own = Some(own);
+        let parts = (0..self.parts.len())
+            .filter_map(|from| match from == me {
+                true => own.take(),
+                false => self.parts.get_mut(from).and_then(VecDeque::pop_front),
+            })
+            .collect();
+        Some((epoch, parts))
+    }
 }
 
 impl Shard {
-    /// A worker: scans its share of each epoch and passes the other workers their events,
-    /// then applies the epoch before (whose shares the others sent while this one scanned)
-    /// to its engine and sends back its alerts.
-    fn work(self, mut engine: Engine, rx: Receiver<Msg>, tx: SyncSender<Reply>) {
+    /// A worker: scans its share of each epoch and passes the other workers their parts,
+    /// and applies each epoch to its engine once every peer's part of it has come, sending
+    /// back its alerts. It applies whenever it can and scans ahead while it cannot, so it
+    /// waits only when it has nothing at all to do.
+    fn work(self, mut engine: Engine, rx: Receiver<Msg>, tx: Sender<Reply>) {
         let program = Arc::clone(engine.program());
         let reader = JsonReader::new(&program, self.default_stream);
         let mut clock = Clock::new(&program, engine.groups());
         let mut late = 0u64;
         let mut sizes = Sizes::default();
-        // The epoch scanned but not applied, with this worker's own part of it.
-        let mut pending: Option<(Arc<Epoch>, Part)> = None;
-        // Applies the epoch held back, if any, and sends its alerts; false once the run is
-        // over (a peer or the caller gone).
-        let settle = |pending: &mut Option<(Arc<Epoch>, Part)>,
-                      engine: &mut Engine,
-                      clock: &mut Clock,
-                      late: &mut u64| {
-            let Some((epoch, part)) = pending.take() else {
-                return true;
-            };
-            self.apply(&reader, epoch, part, engine, clock, late)
-                .is_some_and(|applied| tx.send(Reply::Epoch(applied)).is_ok())
+        let mut q = Queues {
+            inputs: VecDeque::new(),
+            scanned: VecDeque::new(),
+            parts: (0..self.n).map(|_| VecDeque::new()).collect(),
+            finish: None,
+            stop: false,
         };
-        while let Ok(msg) = rx.recv() {
-            match msg {
-                Msg::Epoch(epoch) => {
-                    let mut own = None;
-                    for (to, part) in self
-                        .scan(&epoch, &program, &reader, &mut sizes)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        match self.to_peers.get(to) {
-                            Some(Some(peer)) => {
-                                if peer.send(part).is_err() {
-                                    return;
-                                }
-                            }
-                            _ => own = Some(part),
-                        }
-                    }
-                    if !settle(&mut pending, &mut engine, &mut clock, &mut late) {
-                        return;
-                    }
-                    pending = own.map(|part| (epoch, part));
-                }
-                Msg::Finish { flush } => {
-                    if !settle(&mut pending, &mut engine, &mut clock, &mut late) {
-                        return;
-                    }
-                    let mut alerts = Vec::new();
-                    if flush {
-                        engine.flush(&mut |a| alerts.push(a));
-                    }
-                    let last = Applied {
-                        alerts,
-                        rejects: Vec::new(),
-                        records: 0,
-                    };
-                    let _ = tx.send(Reply::Epoch(last));
-                    let _ = tx.send(Reply::Done(engine.stats(), late));
+        loop {
+            while let Ok(msg) = rx.try_recv() {
+                q.take(msg);
+            }
+            if q.stop {
+                return;
+            }
+            if let Some((epoch, parts)) = q.ready(self.me) {
+                let applied = self.apply(&reader, epoch, parts, &mut engine, &mut clock, &mut late);
+                if tx.send(Reply::Epoch(applied)).is_err() {
                     return;
                 }
+                continue;
+            }
+            if let Some(epoch) = q.inputs.pop_front() {
+                let mut own = None;
+                for (to, part) in self
+                    .scan(&epoch, &program, &reader, &mut sizes)
+                    .into_iter()
+                    .enumerate()
+                {
+                    if to == self.me {
+                        own = Some(part);
+                    } else if let Some(peer) = self.peers.get(to) {
+                        let msg = Msg::Part {
+                            from: self.me,
+                            part,
+                        };
+                        if peer.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                }
+                if let Some(own) = own {
+                    q.scanned.push_back((epoch, own));
+                }
+                continue;
+            }
+            if let (Some(flush), true) = (q.finish, q.scanned.is_empty()) {
+                let mut alerts = Vec::new();
+                if flush {
+                    engine.flush(&mut |a| alerts.push(a));
+                }
+                let last = Applied {
+                    alerts,
+                    rejects: Vec::new(),
+                    records: 0,
+                };
+                let _ = tx.send(Reply::Epoch(last));
+                let _ = tx.send(Reply::Done(engine.stats(), late));
+                return;
+            }
+            match rx.recv() {
+                Ok(msg) => q.take(msg),
+                Err(_) => return,
             }
         }
     }
@@ -865,10 +959,7 @@ impl Shard {
             events: (0..self.n)
                 .map(|to| Vec::with_capacity(room(sizes.events.get(to).copied().unwrap_or(0))))
                 .collect(),
-            spans: (0..self.n)
-                .map(|to| Vec::with_capacity(room(sizes.spans.get(to).copied().unwrap_or(0))))
-                .collect(),
-            scratch: std::mem::take(&mut sizes.scratch),
+            raws: Vec::with_capacity(room(sizes.raws)),
             bad: Vec::new(),
         };
         if epoch.block {
@@ -893,23 +984,21 @@ impl Shard {
         let Scanned {
             marks,
             events,
-            spans,
-            scratch,
+            raws,
             mut bad,
         } = out;
         sizes.marks = marks.len();
         sizes.events = events.iter().map(Vec::len).collect();
-        sizes.spans = spans.iter().map(Vec::len).collect();
-        sizes.scratch = scratch;
+        sizes.raws = raws.len();
         let marks = Arc::new(marks);
+        let raws = Arc::new(raws);
         events
             .into_iter()
-            .zip(spans)
             .enumerate()
-            .map(|(to, (events, spans))| Part {
+            .map(|(to, events)| Part {
                 marks: Arc::clone(&marks),
                 events,
-                spans,
+                raws: Arc::clone(&raws),
                 bad: if to == 0 {
                     std::mem::take(&mut bad)
                 } else {
@@ -934,13 +1023,14 @@ impl Shard {
             out.marks.push(Mark::Blank);
             return;
         }
-        // Spans are u32 offsets into the epoch's text.
+        // Where the line is: u32 offsets into the epoch's text.
         if let Some(stream) = self.default_stream.filter(|_| u32::try_from(end).is_ok()) {
-            out.scratch.clear();
             let schema = program.stream(stream);
+            let at = out.raws.len();
+            out.raws.push(Raw::Text(start as u32, end as u32));
             if let Some((owner, time)) =
                 self.router
-                    .worker_of_line(schema, stream, line, &mut out.scratch)
+                    .worker_of_line(schema, stream, line, &mut out.raws)
             {
                 out.marks.push(Mark::Event {
                     stream: stream.0,
@@ -948,12 +1038,9 @@ impl Shard {
                     owner: owner as u16,
                     decoded: false,
                 });
-                if let Some(to) = out.spans.get_mut(owner) {
-                    to.extend_from_slice(&[start as u32, end as u32]);
-                    to.extend_from_slice(&out.scratch);
-                }
                 return;
             }
+            out.raws.truncate(at);
         }
         match reader.bytes(line) {
             Ok(Record::Event(e)) => self.event(out, e),
@@ -979,36 +1066,31 @@ impl Shard {
         }
     }
 
-    /// Applies an epoch: every worker's marks, in record order, move its clock exactly as one
-    /// engine's would; the events this worker owns go to its engine. `None` when a peer has
-    /// stopped.
+    /// Applies an epoch, given every worker's part of it in worker order: the marks, in
+    /// record order, move its clock exactly as one engine's would; the events this worker
+    /// owns go to its engine.
     fn apply(
         &self,
         reader: &JsonReader<'_>,
         epoch: Arc<Epoch>,
-        own: Part,
+        parts: Vec<Part>,
         engine: &mut Engine,
         clock: &mut Clock,
         late: &mut u64,
-    ) -> Option<Applied> {
+    ) -> Applied {
         let program = Arc::clone(engine.program());
         let width = self
             .default_stream
-            .map_or(0, |s| 2 * program.stream(s).fields.len());
-        let mut own = Some(own);
+            .map_or(0, |s| program.stream(s).fields.len());
         let mut records = 0;
         let mut alerts = Vec::new();
         let mut rejects = Vec::new();
         let mut emit = |a: Alert| alerts.push(a);
-        for from in 0..self.n {
-            let part = match self.from_peers.get(from) {
-                Some(Some(peer)) => peer.recv().ok()?,
-                _ => own.take()?,
-            };
+        for part in parts {
             let base = records;
             records += part.marks.len();
             let mut events = part.events.into_iter();
-            let mut spans = part.spans.as_slice();
+            let mut raws = part.raws.as_slice();
             let mut bad = part.bad.into_iter();
             for (k, mark) in part.marks.iter().enumerate() {
                 match *mark {
@@ -1018,15 +1100,15 @@ impl Shard {
                         owner,
                         decoded,
                     } => {
-                        let event = if usize::from(owner) != self.me {
-                            None
-                        } else if decoded {
-                            events.next()
+                        let mine = usize::from(owner) == self.me;
+                        let event = if decoded {
+                            if mine { events.next() } else { None }
                         } else {
-                            let (these, rest) = spans.split_at((width + 2).min(spans.len()));
-                            spans = rest;
+                            // Every worker's raws follow each other in the part.
+                            let (these, rest) = raws.split_at((width + 1).min(raws.len()));
+                            raws = rest;
                             match these {
-                                [start, end, values @ ..] => epoch
+                                [Raw::Text(start, end), values @ ..] if mine => epoch
                                     .text
                                     .get(*start as usize..*end as usize)
                                     .and_then(|l| self.build(&program, reader, l, values)),
@@ -1065,24 +1147,24 @@ impl Shard {
             }
         }
         drop(epoch);
-        Some(Applied {
+        Applied {
             alerts,
             rejects,
             records,
-        })
+        }
     }
 
-    /// The event of a line the fast scan accepted, from the values where `spans` says.
+    /// The event of a line the fast scan accepted, from the values it read.
     fn build(
         &self,
         program: &Program,
         reader: &JsonReader<'_>,
         line: &[u8],
-        spans: &[u32],
+        raws: &[Raw],
     ) -> Option<Event> {
         let stream = self.default_stream?;
-        fast::decode_at(program.stream(stream), stream, line, spans).or_else(|| {
-            // Spans that do not fit (never, for the scanner's own): decode it all.
+        fast::build(program.stream(stream), stream, line, raws).or_else(|| {
+            // Values that do not fit (never, for the scanner's own): decode it all.
             match reader.bytes(line) {
                 Ok(Record::Event(e)) => Some(e),
                 _ => None,
