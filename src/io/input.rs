@@ -653,19 +653,49 @@ pub(crate) mod fast {
     }
 
     impl Raw {
+        /// The value `v`, read from `line` (of which a string is a slice).
+        #[inline(always)]
+        fn of(v: ValueRef<'_>, line: &[u8]) -> Raw {
+            match v {
+                ValueRef::Null => Raw::Null,
+                ValueRef::Bool(b) => Raw::Bool(b),
+                ValueRef::Int(x) => Raw::Int(x),
+                ValueRef::Float(x) => Raw::Float(x),
+                ValueRef::Timestamp(t) => Raw::Timestamp(t),
+                ValueRef::Duration(d) => Raw::Duration(d),
+                // Both offsets fit in a u32, as the line's length does (`read` checks it).
+                ValueRef::Str(t) => {
+                    let at = (t.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+                    Raw::Text(at as u32, (at + t.len()) as u32)
+                }
+            }
+        }
+
+        /// The value it stands for in `line`; `None` for text that does not fit the line.
+        #[inline(always)]
+        fn value(self, line: &[u8]) -> Option<ValueRef<'_>> {
+            Some(match self {
+                Raw::Null => ValueRef::Null,
+                Raw::Bool(b) => ValueRef::Bool(b),
+                Raw::Int(x) => ValueRef::Int(x),
+                Raw::Float(x) => ValueRef::Float(x),
+                Raw::Timestamp(t) => ValueRef::Timestamp(t),
+                Raw::Duration(d) => ValueRef::Duration(d),
+                Raw::Text(a, b) => {
+                    ValueRef::Str(std::str::from_utf8(line.get(a as usize..b as usize)?).ok()?)
+                }
+            })
+        }
+
         /// Feeds the value to `h` as [`ValueRef::hash_into`] feeds the value it stands for
-        /// (`line`: the line it was read from).
+        /// (`line`: the line it was read from); text by its bytes, without checking them
+        /// again.
         pub fn hash_into<H: std::hash::Hasher>(self, line: &[u8], h: &mut H) {
             match self {
-                Raw::Null => ValueRef::Null.hash_into(h),
-                Raw::Bool(b) => ValueRef::Bool(b).hash_into(h),
-                Raw::Int(x) => ValueRef::Int(x).hash_into(h),
-                Raw::Float(x) => ValueRef::Float(x).hash_into(h),
-                Raw::Timestamp(t) => ValueRef::Timestamp(t).hash_into(h),
-                Raw::Duration(d) => ValueRef::Duration(d).hash_into(h),
                 Raw::Text(a, b) => {
                     crate::event::hash_text(line.get(a as usize..b as usize).unwrap_or_default(), h)
                 }
+                other => other.value(line).unwrap_or(ValueRef::Null).hash_into(h),
             }
         }
     }
@@ -684,20 +714,7 @@ pub(crate) mod fast {
         let values = raws.get_mut(first..).unwrap_or_default();
         let scanned = scan(schema, line, |i, v| {
             if let Some(r) = values.get_mut(i) {
-                *r = match v {
-                    ValueRef::Null => Raw::Null,
-                    ValueRef::Bool(b) => Raw::Bool(b),
-                    ValueRef::Int(x) => Raw::Int(x),
-                    ValueRef::Float(x) => Raw::Float(x),
-                    ValueRef::Timestamp(t) => Raw::Timestamp(t),
-                    ValueRef::Duration(d) => Raw::Duration(d),
-                    // The text is a slice of the line; both offsets fit in a u32, as the
-                    // line's length does.
-                    ValueRef::Str(t) => {
-                        let at = (t.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
-                        Raw::Text(at as u32, (at + t.len()) as u32)
-                    }
-                };
+                *r = Raw::of(v, line);
             }
         });
         let time = match (scanned, raws.get(first + schema.time_field)) {
@@ -724,20 +741,10 @@ pub(crate) mod fast {
                 return Err(());
             }
             for (i, raw) in raws.iter().enumerate() {
-                let v = match *raw {
-                    // Every value is null until set.
-                    Raw::Null => continue,
-                    Raw::Bool(b) => ValueRef::Bool(b),
-                    Raw::Int(x) => ValueRef::Int(x),
-                    Raw::Float(x) => ValueRef::Float(x),
-                    Raw::Timestamp(t) => ValueRef::Timestamp(t),
-                    Raw::Duration(d) => ValueRef::Duration(d),
-                    Raw::Text(a, b) => ValueRef::Str(
-                        std::str::from_utf8(line.get(a as usize..b as usize).ok_or(())?)
-                            .map_err(|_| ())?,
-                    ),
-                };
-                values.set(i, v.to_value());
+                // Every value is null until set.
+                if !matches!(raw, Raw::Null) {
+                    values.set(i, raw.value(line).ok_or(())?.to_value());
+                }
             }
             time_of(schema, values)
         })

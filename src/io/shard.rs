@@ -4,15 +4,16 @@
 //! The calling thread only cuts the input into epochs of records, shared by every worker.
 //! Each worker reads its share of an epoch (a contiguous slice, so each line is read once,
 //! in parallel) into its values, and passes them to every other worker with a mark per
-//! record: time, stream, owner, or not an event; each owner builds its own events from them. Each worker then walks all the marks of the
-//! epoch in input order, so every worker's clock sees every record: it decides lateness
-//! exactly as one engine would and feeds its own events to its engine. At the end of each
-//! epoch it advances its engine's groups to the clock's time ([`Engine::advance_group`]), so
-//! each worker releases events and fires timeouts at the same event times as a single
-//! engine. A key's events and timers reach its rules in the same order as in one engine, so
-//! every alert (id included) is the same. A worker's inbox takes epochs and its peers' parts
-//! alike: it applies its oldest epoch as soon as every part of it has come and scans the
-//! next epochs while one has not, so it waits only when it has nothing else to do.
+//! record: time, stream, owner, or not an event; each owner builds its own events from
+//! them. Each worker then walks all the marks of the epoch in input order, so every
+//! worker's clock sees every record: it decides lateness exactly as one engine would and
+//! feeds its own events to its engine. At the end of each epoch it advances its engine's
+//! groups to the clock's time ([`Engine::advance_group`]), so each worker releases events
+//! and fires timeouts at the same event times as a single engine. A key's events and
+//! timers reach its rules in the same order as in one engine, so every alert (id included)
+//! is the same. A worker's inbox takes epochs and its peers' parts alike: it applies its
+//! oldest epoch as soon as every part of it has come and scans the next epochs while one
+//! has not, so it waits only when it has nothing else to do.
 //!
 //! `Clock` mirrors the engine's watermark rule (docs/semantics.md §2): a change to that rule
 //! in the engine must be made here too (`tests/shard.rs` compares late counts and alerts with
@@ -471,6 +472,11 @@ impl Sharded {
         // worker never blocks sending to a peer that is itself sending to it.
         let inboxes: Vec<(Sender<Msg>, Receiver<Msg>)> = (0..n).map(|_| channel()).collect();
         let senders: Vec<Sender<Msg>> = inboxes.iter().map(|(tx, _)| tx.clone()).collect();
+        let peers_of = |me: usize| -> Vec<Option<Sender<Msg>>> {
+            (0..n)
+                .map(|to| (to != me).then(|| senders[to].clone()))
+                .collect()
+        };
         let mut workers = Vec::with_capacity(n);
         for (me, (tx, in_rx)) in inboxes.into_iter().enumerate() {
             let engine = Engine::new(Arc::clone(&program))?;
@@ -480,7 +486,7 @@ impl Sharded {
                 n,
                 router: router.clone(),
                 default_stream,
-                peers: senders.clone(),
+                peers: peers_of(me),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("tern-worker-{me}"))
@@ -810,8 +816,9 @@ struct Shard {
     n: usize,
     router: Router,
     default_stream: Option<StreamId>,
-    /// Every worker's inbox (its own included, unused).
-    peers: Vec<Sender<Msg>>,
+    /// Per worker, its inbox (none to itself: a worker's inbox closes once the caller and
+    /// every peer are gone).
+    peers: Vec<Option<Sender<Msg>>>,
 }
 
 /// What a worker holds between messages.
@@ -905,7 +912,7 @@ impl Shard {
                 {
                     if to == self.me {
                         own = Some(part);
-                    } else if let Some(peer) = self.peers.get(to) {
+                    } else if let Some(Some(peer)) = self.peers.get(to) {
                         let msg = Msg::Part {
                             from: self.me,
                             part,
@@ -941,8 +948,8 @@ impl Shard {
         }
     }
 
-    /// Reads this worker's share of `epoch` (time, key and where the values are; the
-    /// general path only for what the fast scan leaves) and routes it: one part per worker.
+    /// Reads this worker's share of `epoch` (every line's time, owner and values; the general
+    /// path only for what the fast scan leaves) and routes it: one part per worker.
     fn scan(
         &self,
         epoch: &Epoch,
