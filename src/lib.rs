@@ -42,7 +42,8 @@ pub mod delivery;
 pub mod devices;
 pub mod engine;
 // The other module with `unsafe`: an event's block, header and values in one allocation
-// with a 32-bit count (docs/performance.md, "Memory").
+// with a 16-bit count (docs/performance.md, "Memory"), and string values read from ASCII
+// without the general UTF-8 check.
 #[allow(unsafe_code)]
 pub mod event;
 pub mod io;

@@ -456,7 +456,7 @@ pub(crate) mod fast {
                 let c = *self.b.get(self.i)?;
                 self.i += 1;
                 match c {
-                    b'"' => return std::str::from_utf8(self.b.get(start..self.i - 1)?).ok(),
+                    b'"' => return crate::event::utf8(self.b.get(start..self.i - 1)?),
                     // Escapes need decoding and raw control characters are invalid JSON.
                     b'\\' | 0..=0x1f => return None,
                     _ => {}
@@ -682,7 +682,7 @@ pub(crate) mod fast {
                 Raw::Timestamp(t) => ValueRef::Timestamp(t),
                 Raw::Duration(d) => ValueRef::Duration(d),
                 Raw::Text(a, b) => {
-                    ValueRef::Str(std::str::from_utf8(line.get(a as usize..b as usize)?).ok()?)
+                    ValueRef::Str(crate::event::utf8(line.get(a as usize..b as usize)?)?)
                 }
             })
         }

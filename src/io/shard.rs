@@ -2,8 +2,10 @@
 //! the per-event path).
 //!
 //! The calling thread only cuts the input into epochs of records, shared by every worker.
-//! Each worker reads its share of an epoch (a contiguous slice, so each line is read once,
-//! in parallel) into its values, and passes them to every other worker with a mark per
+//! Each epoch is cut into chunks of contiguous records, a few per worker, that the workers
+//! claim one at a time: each line is read once, in parallel, and a worker that falls behind
+//! (its core taken by another thread) reads fewer chunks instead of holding up the others.
+//! The worker that reads a chunk passes its values to every other worker with a mark per
 //! record: time, stream, owner, or not an event; each owner builds its own events from
 //! them. Each worker then walks all the marks of the epoch in input order, so every
 //! worker's clock sees every record: it decides lateness exactly as one engine would and
@@ -11,9 +13,9 @@
 //! groups to the clock's time ([`Engine::advance_group`]), so each worker releases events
 //! and fires timeouts at the same event times as a single engine. A key's events and
 //! timers reach its rules in the same order as in one engine, so every alert (id included)
-//! is the same. A worker's inbox takes epochs and its peers' parts alike: it applies its
-//! oldest epoch as soon as every part of it has come and scans the next epochs while one
-//! has not, so it waits only when it has nothing else to do.
+//! is the same. A worker's inbox takes epochs and its peers' chunks alike: it applies its
+//! oldest epoch as soon as every chunk of it has come and reads chunks of the next epochs
+//! while one has not, so it waits only when no chunk is left to claim.
 //!
 //! `Clock` mirrors the engine's watermark rule (docs/semantics.md §2): a change to that rule
 //! in the engine must be made here too (`tests/shard.rs` compares late counts and alerts with
@@ -28,6 +30,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
@@ -45,9 +48,13 @@ pub const BATCH: usize = 4096;
 /// Bytes of JSON Lines per epoch, read whole (a longer line makes a longer epoch).
 const BLOCK: usize = 1 << 20;
 /// Epochs sent and not yet applied by every worker before the calling thread waits: a worker
-/// that cannot apply its oldest epoch yet (a peer's part of it has not come) scans the next
-/// ones meanwhile, so a few keep both busy, and each is a read buffer in memory.
+/// that cannot apply its oldest epoch yet (a peer's chunk of it has not come) reads chunks of
+/// the next ones meanwhile, so a few keep all busy, and each is a read buffer in memory.
 const QUEUE: usize = 4;
+/// Chunks per worker that an epoch's records are cut into for reading: workers claim them
+/// one at a time, so a worker that falls behind (its core taken by another thread, its
+/// caches cold) reads fewer of them and the others go on instead of waiting for its share.
+const CHUNKS_PER_WORKER: usize = 4;
 
 /// How events are routed: per stream, the fields whose values pick the worker.
 #[derive(Debug, Clone)]
@@ -293,6 +300,10 @@ struct Epoch {
     text: Vec<u8>,
     items: Vec<Item>,
     block: bool,
+    /// Its place in input order, from 0.
+    seq: u64,
+    /// The first chunk no worker has claimed yet.
+    next: AtomicUsize,
 }
 
 impl Epoch {
@@ -301,14 +312,14 @@ impl Epoch {
     }
 }
 
-/// The records of an epoch that worker `w` of `n` scans: a contiguous share, so that each
-/// line is decoded once, by one worker.
+/// The records of an epoch in chunk `w` of `n`: a contiguous share, so that each line is
+/// decoded once, by one worker.
 fn share(w: usize, n: usize, len: usize) -> std::ops::Range<usize> {
     len * w / n..len * (w + 1) / n
 }
 
-/// The bytes of a block that worker `w` of `n` scans: its share of the bytes, each end moved
-/// on to the start of a line.
+/// The bytes of a block in chunk `w` of `n`: its share of the bytes, each end moved on to the
+/// start of a line.
 fn share_of_block(w: usize, n: usize, text: &[u8]) -> std::ops::Range<usize> {
     let cut = |x: usize| match x {
         0 => 0,
@@ -350,19 +361,19 @@ enum Mark {
     Blank,
 }
 
-/// One worker's scan of its share of an epoch, as one worker receives it.
+/// One chunk of an epoch as read, as one worker receives it.
 struct Part {
-    /// A mark per record of the share, in order (the same for every receiver).
+    /// A mark per record of the chunk, in order (the same for every receiver).
     marks: Arc<Vec<Mark>>,
-    /// The share's decoded events that the receiver owns, in order: lines that took the
+    /// The chunk's decoded events that the receiver owns, in order: lines that took the
     /// general path, and events the caller decoded.
     events: Vec<Event>,
-    /// For each of the share's other events, in order and whoever owns it: where the line
+    /// For each of the chunk's other events, in order and whoever owns it: where the line
     /// is in the epoch's text (a `Raw::Text`), then its values as the scan read them, one
     /// per field of the default stream, so that the owner builds each event itself, in its
     /// own memory, without reading the line again (the same for every receiver).
     raws: Arc<Vec<Raw>>,
-    /// The share's bad lines, in order; only worker 0 gets them.
+    /// The chunk's bad lines, in order; only worker 0 gets them.
     bad: Vec<BadLine>,
 }
 
@@ -399,8 +410,12 @@ impl std::fmt::Display for Rejected {
 enum Msg {
     /// An epoch of input.
     Epoch(Arc<Epoch>),
-    /// A peer's scan of its share of the next epoch (in order) from that peer.
-    Part { from: usize, part: Part },
+    /// Chunk `chunk` of an epoch, as a peer read it.
+    Part {
+        epoch: Arc<Epoch>,
+        chunk: usize,
+        part: Part,
+    },
     /// End of input: advance time to the end (when `flush`), report and stop.
     Finish { flush: bool },
     /// Stop now: the caller has given up on the run.
@@ -443,6 +458,8 @@ pub struct Sharded {
     outstanding: VecDeque<(Arc<Epoch>, Vec<Option<Applied>>)>,
     /// Lines in the blocks done, for the line numbers of the next.
     lines_done: u64,
+    /// Epochs sent so far.
+    sent: u64,
 }
 
 /// Counters of a sharded run.
@@ -499,6 +516,7 @@ impl Sharded {
             spare: Vec::new(),
             outstanding: VecDeque::new(),
             lines_done: 0,
+            sent: 0,
         })
     }
 
@@ -555,7 +573,9 @@ impl Sharded {
         self.send(epoch)
     }
 
-    fn send(&mut self, epoch: Epoch) -> anyhow::Result<()> {
+    fn send(&mut self, mut epoch: Epoch) -> anyhow::Result<()> {
+        epoch.seq = self.sent;
+        self.sent += 1;
         let epoch = Arc::new(epoch);
         for w in &self.workers {
             w.tx.send(Msg::Epoch(Arc::clone(&epoch)))
@@ -610,8 +630,8 @@ impl Sharded {
             if !text.is_empty() {
                 self.send(Epoch {
                     text,
-                    items: Vec::new(),
                     block: true,
+                    ..Epoch::default()
                 })?;
                 self.collect(QUEUE, emit, reject)?;
             }
@@ -733,6 +753,7 @@ impl Sharded {
                 spent.text.clear();
                 spent.items.clear();
                 spent.block = false;
+                *spent.next.get_mut() = 0;
                 self.spare.push(spent);
             }
         }
@@ -793,7 +814,7 @@ impl Drop for Sharded {
     }
 }
 
-/// A share of an epoch as it is scanned.
+/// A chunk of an epoch as it is read.
 struct Scanned {
     marks: Vec<Mark>,
     /// Per worker, as in [`Part`].
@@ -821,14 +842,24 @@ struct Shard {
     peers: Vec<Option<Sender<Msg>>>,
 }
 
+/// An epoch a worker has heard of and not yet applied, with the chunks of it come so far.
+struct Pending {
+    epoch: Arc<Epoch>,
+    /// Per chunk, its part for this worker once read (by this worker or a peer).
+    parts: Vec<Option<Part>>,
+    /// Chunks not yet come.
+    missing: usize,
+}
+
 /// What a worker holds between messages.
 struct Queues {
-    /// Epochs received, not yet scanned.
-    inputs: VecDeque<Arc<Epoch>>,
-    /// Epochs scanned, not yet applied, with this worker's own part of each.
-    scanned: VecDeque<(Arc<Epoch>, Part)>,
-    /// Per worker, the parts it sent that are not yet applied, in epoch order.
-    parts: Vec<VecDeque<Part>>,
+    /// Epochs not yet applied, in input order.
+    pending: VecDeque<Pending>,
+    /// Chunks per epoch.
+    chunks: usize,
+    /// The next epoch to apply: a message about an earlier one (an epoch whose every chunk
+    /// a peer read before the caller's message about it came) is stale.
+    next_apply: u64,
     /// End of input, once told: whether to advance time to the end.
     finish: Option<bool>,
     /// Told to stop at once (the caller gave up).
@@ -838,44 +869,85 @@ struct Queues {
 impl Queues {
     fn take(&mut self, msg: Msg) {
         match msg {
-            Msg::Epoch(epoch) => self.inputs.push_back(epoch),
-            Msg::Part { from, part } => {
-                if let Some(q) = self.parts.get_mut(from) {
-                    q.push_back(part);
-                }
+            Msg::Epoch(epoch) => {
+                self.pending_for(epoch);
             }
+            Msg::Part { epoch, chunk, part } => self.file(epoch, chunk, part),
             Msg::Finish { flush } => self.finish = Some(flush),
             Msg::Stop => self.stop = true,
         }
     }
 
-    /// The oldest epoch scanned with every peer's part of it, if all have come.
-    fn ready(&mut self, me: usize) -> Option<(Arc<Epoch>, Vec<Part>)> {
-        let all_in = self
-            .parts
-            .iter()
-            .enumerate()
-            .all(|(from, q)| from == me || !q.is_empty());
-        if !all_in {
+    /// The pending entry of `epoch`, made if it is new; `None` once it has been applied.
+    fn pending_for(&mut self, epoch: Arc<Epoch>) -> Option<&mut Pending> {
+        if epoch.seq < self.next_apply {
             return None;
         }
-        let (epoch, own) = self.scanned.pop_front()?;
-        let mut own = Some(own);
-        let parts = (0..self.parts.len())
-            .filter_map(|from| match from == me {
-                true => own.take(),
-                false => self.parts.get_mut(from).and_then(VecDeque::pop_front),
-            })
-            .collect();
-        Some((epoch, parts))
+        // A peer's part can come before the caller's message about its epoch, so entries
+        // are kept in input order whichever comes first.
+        let at = self.pending.iter().position(|p| p.epoch.seq >= epoch.seq);
+        let at = match at {
+            Some(i)
+                if self
+                    .pending
+                    .get(i)
+                    .is_some_and(|p| p.epoch.seq == epoch.seq) =>
+            {
+                i
+            }
+            _ => {
+                let i = at.unwrap_or(self.pending.len());
+                let entry = Pending {
+                    epoch,
+                    parts: (0..self.chunks).map(|_| None).collect(),
+                    missing: self.chunks,
+                };
+                self.pending.insert(i, entry);
+                i
+            }
+        };
+        self.pending.get_mut(at)
+    }
+
+    /// Files chunk `chunk` of `epoch`.
+    fn file(&mut self, epoch: Arc<Epoch>, chunk: usize, part: Part) {
+        if let Some(p) = self.pending_for(epoch)
+            && let Some(slot) = p.parts.get_mut(chunk)
+        {
+            if slot.is_none() {
+                p.missing -= 1;
+            }
+            *slot = Some(part);
+        }
+    }
+
+    /// A chunk no worker has read yet, of the oldest epoch that has one.
+    fn claim(&self) -> Option<(Arc<Epoch>, usize)> {
+        self.pending.iter().find_map(|p| {
+            if p.epoch.next.load(Ordering::Relaxed) >= self.chunks {
+                return None;
+            }
+            let chunk = p.epoch.next.fetch_add(1, Ordering::Relaxed);
+            (chunk < self.chunks).then(|| (Arc::clone(&p.epoch), chunk))
+        })
+    }
+
+    /// The oldest epoch with every chunk of it come, and its parts in chunk order.
+    fn ready(&mut self) -> Option<(Arc<Epoch>, Vec<Part>)> {
+        if self.pending.front()?.missing > 0 {
+            return None;
+        }
+        let p = self.pending.pop_front()?;
+        self.next_apply = p.epoch.seq + 1;
+        Some((p.epoch, p.parts.into_iter().flatten().collect()))
     }
 }
 
 impl Shard {
-    /// A worker: scans its share of each epoch and passes the other workers their parts,
-    /// and applies each epoch to its engine once every peer's part of it has come, sending
-    /// back its alerts. It applies whenever it can and scans ahead while it cannot, so it
-    /// waits only when it has nothing at all to do.
+    /// A worker: reads chunks of the epochs (whichever no worker has claimed yet) and passes
+    /// the other workers their parts, and applies each epoch to its engine once every chunk
+    /// of it has come, sending back its alerts. It applies whenever it can and reads ahead
+    /// while it cannot, so it waits only when it has nothing at all to do.
     fn work(self, mut engine: Engine, rx: Receiver<Msg>, tx: Sender<Reply>) {
         let program = Arc::clone(engine.program());
         let reader = JsonReader::new(&program, self.default_stream);
@@ -883,9 +955,9 @@ impl Shard {
         let mut late = 0u64;
         let mut sizes = Sizes::default();
         let mut q = Queues {
-            inputs: VecDeque::new(),
-            scanned: VecDeque::new(),
-            parts: (0..self.n).map(|_| VecDeque::new()).collect(),
+            pending: VecDeque::new(),
+            chunks: self.n * CHUNKS_PER_WORKER,
+            next_apply: 0,
             finish: None,
             stop: false,
         };
@@ -896,25 +968,22 @@ impl Shard {
             if q.stop {
                 return;
             }
-            if let Some((epoch, parts)) = q.ready(self.me) {
+            if let Some((epoch, parts)) = q.ready() {
                 let applied = self.apply(&reader, epoch, parts, &mut engine, &mut clock, &mut late);
                 if tx.send(Reply::Epoch(applied)).is_err() {
                     return;
                 }
                 continue;
             }
-            if let Some(epoch) = q.inputs.pop_front() {
-                let mut own = None;
-                for (to, part) in self
-                    .scan(&epoch, &program, &reader, &mut sizes)
-                    .into_iter()
-                    .enumerate()
-                {
+            if let Some((epoch, chunk)) = q.claim() {
+                let parts = self.scan(&epoch, chunk, q.chunks, &program, &reader, &mut sizes);
+                for (to, part) in parts.into_iter().enumerate() {
                     if to == self.me {
-                        own = Some(part);
+                        q.file(Arc::clone(&epoch), chunk, part);
                     } else if let Some(Some(peer)) = self.peers.get(to) {
                         let msg = Msg::Part {
-                            from: self.me,
+                            epoch: Arc::clone(&epoch),
+                            chunk,
                             part,
                         };
                         if peer.send(msg).is_err() {
@@ -922,12 +991,9 @@ impl Shard {
                         }
                     }
                 }
-                if let Some(own) = own {
-                    q.scanned.push_back((epoch, own));
-                }
                 continue;
             }
-            if let (Some(flush), true) = (q.finish, q.scanned.is_empty()) {
+            if let (Some(flush), true) = (q.finish, q.pending.is_empty()) {
                 let mut alerts = Vec::new();
                 if flush {
                     engine.flush(&mut |a| alerts.push(a));
@@ -948,11 +1014,13 @@ impl Shard {
         }
     }
 
-    /// Reads this worker's share of `epoch` (every line's time, owner and values; the general
-    /// path only for what the fast scan leaves) and routes it: one part per worker.
+    /// Reads chunk `chunk` of `chunks` of `epoch` (every line's time, owner and values; the
+    /// general path only for what the fast scan leaves) and routes it: one part per worker.
     fn scan(
         &self,
         epoch: &Epoch,
+        chunk: usize,
+        chunks: usize,
         program: &Program,
         reader: &JsonReader<'_>,
         sizes: &mut Sizes,
@@ -970,7 +1038,7 @@ impl Shard {
             bad: Vec::new(),
         };
         if epoch.block {
-            let share = share_of_block(self.me, self.n, &epoch.text);
+            let share = share_of_block(chunk, chunks, &epoch.text);
             let mut at = share.start;
             while at < share.end {
                 let (end, next) = line_at(&epoch.text, at, share.end);
@@ -978,7 +1046,7 @@ impl Shard {
                 at = next;
             }
         } else {
-            for i in share(self.me, self.n, epoch.items.len()) {
+            for i in share(chunk, chunks, epoch.items.len()) {
                 let Some(item) = epoch.items.get(i) else {
                     break;
                 };
@@ -1177,5 +1245,86 @@ impl Shard {
                 _ => None,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A part whose one mark is a watermark at `t`, to tell parts apart.
+    fn part(t: Nanos) -> Part {
+        Part {
+            marks: Arc::new(vec![Mark::Watermark(t)]),
+            events: Vec::new(),
+            raws: Arc::new(Vec::new()),
+            bad: Vec::new(),
+        }
+    }
+
+    fn epoch(seq: u64) -> Arc<Epoch> {
+        Arc::new(Epoch {
+            seq,
+            ..Epoch::default()
+        })
+    }
+
+    fn times(parts: &[Part]) -> Vec<Nanos> {
+        parts
+            .iter()
+            .flat_map(|p| p.marks.iter())
+            .map(|m| match m {
+                Mark::Watermark(t) => *t,
+                _ => Nanos::MIN,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn epochs_apply_in_input_order_whichever_message_comes_first() {
+        let mut q = Queues {
+            pending: VecDeque::new(),
+            chunks: 2,
+            next_apply: 0,
+            finish: None,
+            stop: false,
+        };
+        let (e0, e1) = (epoch(0), epoch(1));
+        // A peer claimed both chunks of epoch 0 and the first of epoch 1. Its part of epoch 1
+        // comes first, and all of epoch 0 before the caller's message about it.
+        e0.next.store(2, Ordering::Relaxed);
+        e1.next.store(1, Ordering::Relaxed);
+        q.take(Msg::Part {
+            epoch: Arc::clone(&e1),
+            chunk: 0,
+            part: part(10),
+        });
+        q.take(Msg::Part {
+            epoch: Arc::clone(&e0),
+            chunk: 1,
+            part: part(1),
+        });
+        assert!(q.ready().is_none(), "epoch 0 lacks a chunk");
+        q.take(Msg::Part {
+            epoch: Arc::clone(&e0),
+            chunk: 0,
+            part: part(0),
+        });
+        let (first, parts) = q.ready().unwrap();
+        assert_eq!((first.seq, times(&parts)), (0, vec![0, 1]));
+        // The caller's message about an epoch already applied changes nothing.
+        q.take(Msg::Epoch(Arc::clone(&e0)));
+        q.take(Msg::Epoch(Arc::clone(&e1)));
+        assert_eq!(q.pending.len(), 1);
+        assert!(q.ready().is_none(), "epoch 1 lacks a chunk");
+        // This worker claims what is left, once.
+        assert_eq!(q.claim().map(|(e, c)| (e.seq, c)), Some((1, 1)));
+        assert!(q.claim().is_none());
+        q.file(e1, 1, part(11));
+        let (second, parts) = q.ready().unwrap();
+        assert_eq!((second.seq, times(&parts)), (1, vec![10, 11]));
+        assert!(q.pending.is_empty());
     }
 }
