@@ -13,10 +13,12 @@ fn tern(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tern-authoring-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A directory of the test's own, removed when the test ends.
+fn dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("tern-authoring-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -73,8 +75,9 @@ fn the_shipped_rules_pass_their_tests_and_all_have_some() {
 
 #[test]
 fn a_failing_case_shows_the_diff_and_how_far_the_pattern_got() {
-    let d = dir("failing");
-    congestion(&d);
+    let scratch = dir("failing");
+    let d = scratch.path();
+    congestion(d);
     let file = d.join("congestion.test.toml");
     std::fs::write(
         &file,
@@ -136,8 +139,9 @@ expect = [ {{ kind = "match", key = "cam-7" }} ]
 
 #[test]
 fn a_mistake_in_a_test_file_is_a_diagnostic_with_its_place() {
-    let d = dir("broken");
-    congestion(&d);
+    let scratch = dir("broken");
+    let d = scratch.path();
+    congestion(d);
     std::fs::write(
         d.join("congestion.test.toml"),
         format!(
@@ -175,9 +179,11 @@ fn camera_line(time: &str, speed: f64) -> String {
     )
 }
 
-/// Slow readings, a fast one (negation), a run that ages out (within), and a jam that forms.
-fn trace_input() -> PathBuf {
-    let d = dir("explain");
+/// Slow readings, a fast one (negation), a run that ages out (within), and a jam that forms:
+/// the file, and the directory that holds it while the test runs.
+fn trace_input() -> (tempfile::TempDir, PathBuf) {
+    let scratch = dir("explain");
+    let d = scratch.path();
     let lines = [
         camera_line("08:00:00", 12.0),
         camera_line("08:00:30", 15.0),
@@ -190,12 +196,12 @@ fn trace_input() -> PathBuf {
     ];
     let path = d.join("cam.jsonl");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
+    (scratch, path)
 }
 
 #[test]
 fn explain_input_traces_each_run_with_reasons() {
-    let input = trace_input();
+    let (_scratch, input) = trace_input();
     let out = tern(&["explain", "congestion", "--input", input.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -219,7 +225,7 @@ fn explain_input_traces_each_run_with_reasons() {
 
 #[test]
 fn explain_input_as_json_lines() {
-    let input = trace_input();
+    let (_scratch, input) = trace_input();
     let out = tern(&[
         "explain",
         "congestion",

@@ -13,10 +13,12 @@ fn tern(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tern-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A directory of the test's own, removed when the test ends.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tern-cli-")
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -32,7 +34,8 @@ fn check_passes_on_the_shipped_rules() {
 
 #[test]
 fn check_reports_json_for_editors_and_exits_1() {
-    let bad = tmp("bad.tern");
+    let dir = scratch();
+    let bad = dir.path().join("bad.tern");
     std::fs::write(&bad, "rule r {\n    from flow\n    key camera_id\n    match a: flow where sped < 20\n    within 5m\n}\n").unwrap();
     let out = tern(&["check", "--format", "json", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -53,8 +56,8 @@ fn usage_errors_exit_2() {
     assert_eq!(tern(&["check", "no/such/dir"]).status.code(), Some(2));
 }
 
-fn workload(format: &str) -> PathBuf {
-    let path = tmp(&format!("w.{format}"));
+fn workload(dir: &Path, format: &str) -> PathBuf {
+    let path = dir.join(format!("w.{format}"));
     let out = tern(&[
         "simulate",
         "--out",
@@ -100,14 +103,15 @@ fn replay(input: &Path, format: &str) -> String {
 
 #[test]
 fn replay_repeats_byte_for_byte_and_csv_equals_jsonl() {
-    let jsonl = workload("jsonl");
+    let dir = scratch();
+    let jsonl = workload(dir.path(), "jsonl");
     let first = replay(&jsonl, "jsonl");
     assert!(
         first.lines().count() > 10,
         "the workload should make the P rules fire"
     );
     assert_eq!(first, replay(&jsonl, "jsonl"), "same input, same output");
-    let csv = workload("csv");
+    let csv = workload(dir.path(), "csv");
     assert_eq!(
         first,
         replay(&csv, "csv"),
@@ -130,7 +134,8 @@ fn explain_prints_text_and_dot() {
 #[test]
 fn a_line_that_is_not_utf8_is_dead_lettered_and_the_replay_goes_on() {
     // The workload with one line's bytes broken halfway through the file, and CRLF endings.
-    let text = std::fs::read_to_string(workload("jsonl")).unwrap();
+    let dir = scratch();
+    let text = std::fs::read_to_string(workload(dir.path(), "jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let broken = lines.len() / 2;
     let mut bytes = Vec::new();
@@ -143,9 +148,9 @@ fn a_line_that_is_not_utf8_is_dead_lettered_and_the_replay_goes_on() {
         }
         bytes.extend_from_slice(b"\r\n");
     }
-    let input = tmp("not-utf8.jsonl");
+    let input = dir.path().join("not-utf8.jsonl");
     std::fs::write(&input, &bytes).unwrap();
-    let dead = tmp("not-utf8-dead.jsonl");
+    let dead = dir.path().join("not-utf8-dead.jsonl");
     let args = |input: &Path, dead: &Path| {
         tern(&[
             "replay",
@@ -186,11 +191,11 @@ fn a_line_that_is_not_utf8_is_dead_lettered_and_the_replay_goes_on() {
             .find_map(|l| l.strip_prefix("events ")?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no events count in {stderr}"))
     };
-    let whole = tmp("not-utf8-whole.jsonl");
+    let whole = dir.path().join("not-utf8-whole.jsonl");
     let mut without: Vec<&str> = lines.clone();
     without.remove(broken);
     std::fs::write(&whole, without.join("\n")).unwrap();
-    let reference = args(&whole, &tmp("not-utf8-dead2.jsonl"));
+    let reference = args(&whole, &dir.path().join("not-utf8-dead2.jsonl"));
     assert_eq!(
         events(&stderr),
         events(&String::from_utf8_lossy(&reference.stderr))
