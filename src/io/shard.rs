@@ -885,27 +885,23 @@ impl Queues {
         }
         // A peer's part can come before the caller's message about its epoch, so entries
         // are kept in input order whichever comes first.
-        let at = self.pending.iter().position(|p| p.epoch.seq >= epoch.seq);
-        let at = match at {
-            Some(i)
-                if self
-                    .pending
-                    .get(i)
-                    .is_some_and(|p| p.epoch.seq == epoch.seq) =>
-            {
-                i
-            }
-            _ => {
-                let i = at.unwrap_or(self.pending.len());
-                let entry = Pending {
-                    epoch,
-                    parts: (0..self.chunks).map(|_| None).collect(),
-                    missing: self.chunks,
-                };
-                self.pending.insert(i, entry);
-                i
-            }
-        };
+        let at = self
+            .pending
+            .iter()
+            .position(|p| p.epoch.seq >= epoch.seq)
+            .unwrap_or(self.pending.len());
+        if self
+            .pending
+            .get(at)
+            .is_none_or(|p| p.epoch.seq != epoch.seq)
+        {
+            let entry = Pending {
+                epoch,
+                parts: (0..self.chunks).map(|_| None).collect(),
+                missing: self.chunks,
+            };
+            self.pending.insert(at, entry);
+        }
         self.pending.get_mut(at)
     }
 
@@ -921,7 +917,8 @@ impl Queues {
         }
     }
 
-    /// A chunk no worker has read yet, of the oldest epoch that has one.
+    /// A chunk no worker has claimed yet, of the oldest epoch that has one, now claimed by
+    /// this worker.
     fn claim(&self) -> Option<(Arc<Epoch>, usize)> {
         self.pending.iter().find_map(|p| {
             if p.epoch.next.load(Ordering::Relaxed) >= self.chunks {
