@@ -27,8 +27,8 @@
 //! - [`authoring`]: rule tests (`tern test`) and traces of a rule over recorded events
 //!   (`tern explain --input`).
 //! - [`cli`]: one module per subcommand.
-//! - [`alloc`]: the global allocator (mimalloc); with [`event`]'s own reference-counted
-//!   block, the only `unsafe` code.
+//! - [`alloc`]: the global allocator (mimalloc); with [`event`] (its own reference-counted
+//!   block, its ASCII check of string values), the only `unsafe` code.
 
 pub mod admin;
 // One of two modules with `unsafe`: the global allocator's calls into mimalloc.

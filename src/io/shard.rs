@@ -748,13 +748,22 @@ impl Sharded {
             for a in alerts {
                 emit(a);
             }
-            // Every worker dropped its handle before replying.
-            if let Ok(mut spent) = Arc::try_unwrap(epoch) {
-                spent.text.clear();
-                spent.items.clear();
-                spent.block = false;
-                *spent.next.get_mut() = 0;
-                self.spare.push(spent);
+            // Every worker dropped its handle before replying, but for a worker that has yet
+            // to take the caller's message about an epoch its peers read whole: then the
+            // buffers are not reused.
+            if let Ok(Epoch {
+                mut text,
+                mut items,
+                ..
+            }) = Arc::try_unwrap(epoch)
+            {
+                text.clear();
+                items.clear();
+                self.spare.push(Epoch {
+                    text,
+                    items,
+                    ..Epoch::default()
+                });
             }
         }
     }
@@ -823,7 +832,7 @@ struct Scanned {
     bad: Vec<BadLine>,
 }
 
-/// How much a worker's scan of the last epoch held, to size the next one's buffers.
+/// How much a worker's scan of the last chunk held, to size the next one's buffers.
 #[derive(Default)]
 struct Sizes {
     marks: usize,
@@ -1022,9 +1031,9 @@ impl Shard {
         reader: &JsonReader<'_>,
         sizes: &mut Sizes,
     ) -> Vec<Part> {
-        // Each buffer is allocated at about the size the last epoch's needed (with a margin),
+        // Each buffer is allocated at about the size the last chunk's needed (with a margin),
         // not grown: growing copies, and touches fresh memory (zeroed by the kernel) every
-        // epoch.
+        // chunk.
         let room = |n: usize| n + n / 8 + 16;
         let mut out = Scanned {
             marks: Vec::with_capacity(room(sizes.marks)),
@@ -1138,9 +1147,9 @@ impl Shard {
         }
     }
 
-    /// Applies an epoch, given every worker's part of it in worker order: the marks, in
-    /// record order, move its clock exactly as one engine's would; the events this worker
-    /// owns go to its engine.
+    /// Applies an epoch, given its chunks' parts in chunk order: the marks, in record order,
+    /// move its clock exactly as one engine's would; the events this worker owns go to its
+    /// engine.
     fn apply(
         &self,
         reader: &JsonReader<'_>,
@@ -1176,7 +1185,8 @@ impl Shard {
                         let event = if decoded {
                             if mine { events.next() } else { None }
                         } else {
-                            // Every worker's raws follow each other in the part.
+                            // The raws of every line read on the fast path, whoever owns it,
+                            // follow each other in the part.
                             let (these, rest) = raws.split_at((width + 1).min(raws.len()));
                             raws = rest;
                             match these {
